@@ -1,0 +1,1 @@
+"""Host-side input: slide reading, tissue masks, online patching with grain, augmentation."""

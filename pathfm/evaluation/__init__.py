@@ -1,0 +1,1 @@
+"""Representation monitors and downstream evaluation."""

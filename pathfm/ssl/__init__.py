@@ -1,0 +1,1 @@
+"""Self-supervised methods, one module per method, each a set of pure functions of arrays."""

@@ -1,0 +1,1 @@
+"""Train state, optimiser, schedules, the method-agnostic loop and checkpointing."""

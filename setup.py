@@ -1,0 +1,32 @@
+"""pathfm: self-supervised pathology foundation models in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pathfm",
+    version="0.1.0",
+    description="Self-supervised pre-training of pathology ViTs on whole slide images in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pathfm", "pathfm.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "openslide-python>=1.4",
+        "openslide-bin>=4.0",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "tifffile>=2024.1",
+        "imagecodecs>=2024.1",
+        "numpy>=1.26",
+        "opencv-python-headless>=4.9",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+)
