@@ -1,0 +1,20 @@
+"""Shared fixtures. Four CPU devices are emulated so sharded code paths run for real."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide_dir(tmp_path_factory) -> Path:
+    """Four small synthetic H&E slides (2048 px, 0.25 um/px), generated once per test session."""
+    from pathfm.data.synthetic import generate_synthetic_slides
+
+    directory = tmp_path_factory.mktemp("synthetic_slides")
+    generate_synthetic_slides(directory, n_slides=4, seed=0, width=2048, height=2048, mpp=0.25)
+    return directory
