@@ -1,0 +1,291 @@
+"""Whole slide images via OpenSlide: discovery, resolution (mpp), level choice, patch reading."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import glob
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+import openslide
+
+from pathfm.errors import DataError
+
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".svslide",
+    ".bif",
+    ".vms",
+    ".vmu",
+)
+MPP_RANGE = (0.05, 20.0)  # plausible um/px
+LEVEL_TOLERANCE = 0.05  # a level within 5% of the target mpp counts as matching it
+
+_SOURCE_HINT = (
+    "pass a directory of slides, a glob pattern (e.g. 'slides/*.svs') "
+    "or a .csv manifest with a 'path' column"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideRecord:
+    """One slide file, with an optional resolution (um/px) that overrides the file's metadata."""
+
+    path: str
+    mpp_override: float | None = None
+
+
+def find_slides(source: str) -> list[SlideRecord]:
+    """List slides from a directory (non-recursive), a glob pattern or a .csv manifest."""
+    source = os.path.expanduser(str(source))
+    if source.lower().endswith(".csv") and os.path.isfile(source):
+        return _read_manifest(source)
+    if os.path.isdir(source):
+        names = sorted(os.listdir(source))
+        paths = [os.path.join(source, n) for n in names if n.lower().endswith(SLIDE_EXTENSIONS)]
+        paths = [p for p in paths if os.path.isfile(p)]
+        if not paths:
+            raise DataError(
+                f"Directory {source} holds no slide files (extensions: "
+                f"{', '.join(SLIDE_EXTENSIONS)}); {_SOURCE_HINT}."
+            )
+        return [SlideRecord(p) for p in paths]
+    if not glob.has_magic(source):
+        raise DataError(f"Slide source {source} does not exist; {_SOURCE_HINT}.")
+    paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
+    if not paths:
+        raise DataError(f"Glob pattern {source} matches no files; {_SOURCE_HINT}.")
+    return [SlideRecord(p) for p in paths]
+
+
+def _read_manifest(csv_path: str) -> list[SlideRecord]:
+    """Read a CSV manifest with a `path` column and an optional `mpp` column."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [(name or "").strip() for name in (reader.fieldnames or [])]
+        if "path" not in fields:
+            raise DataError(
+                f"Manifest {csv_path} has no 'path' column (header: {fields}); "
+                "add a header line with 'path' and optionally 'mpp'."
+            )
+        reader.fieldnames = fields
+        rows = list(reader)
+    records, missing = [], []
+    for line, row in enumerate(rows, start=2):
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            continue
+        path = os.path.join(folder, os.path.expanduser(raw))
+        mpp = _parse_manifest_mpp(row.get("mpp"), csv_path, line)
+        if not os.path.isfile(path):
+            missing.append(path)
+        records.append(SlideRecord(path, mpp))
+    if missing:
+        listing = "\n  ".join(missing)
+        raise DataError(
+            f"Manifest {csv_path} names {len(missing)} missing file(s); fix or remove these rows:"
+            f"\n  {listing}"
+        )
+    if not records:
+        raise DataError(f"Manifest {csv_path} lists no slides; add rows with a 'path'.")
+    return records
+
+
+def _parse_manifest_mpp(value: str | None, csv_path: str, line: int) -> float | None:
+    """Parse an optional `mpp` cell of a manifest; empty means unknown."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        mpp = math.nan
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise DataError(
+            f"Manifest {csv_path} line {line}: mpp {value!r} is not a positive number "
+            "(um/px); fix it or leave it empty."
+        )
+    return mpp
+
+
+def _float_or_none(value: str | None) -> float | None:
+    """A positive finite float from a property string, else None."""
+    try:
+        x = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return x if math.isfinite(x) and x > 0 else None
+
+
+_UNIT_MICRONS = {"centimeter": 1e4, "inch": 25400.0}
+
+
+def slide_mpp(properties: Mapping[str, str]) -> float | None:
+    """Level-0 um/px (x) from OpenSlide properties: mpp, TIFF resolution, objective; else None."""
+    mpp = _float_or_none(properties.get(openslide.PROPERTY_NAME_MPP_X))
+    if mpp is None:
+        mpp = _float_or_none(properties.get(openslide.PROPERTY_NAME_MPP_Y))
+    if mpp is not None:
+        return mpp
+    unit = str(properties.get("tiff.ResolutionUnit", "")).strip().lower()
+    resolution = _float_or_none(properties.get("tiff.XResolution"))
+    if unit in _UNIT_MICRONS and resolution is not None:
+        return _UNIT_MICRONS[unit] / resolution
+    power = _float_or_none(properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+    if power is not None:
+        return 10.0 / power
+    return None
+
+
+def level_mpps(slide: openslide.AbstractSlide, base_mpp: float) -> list[float]:
+    """um/px of each pyramid level: base_mpp * level downsample."""
+    return [base_mpp * float(d) for d in slide.level_downsamples]
+
+
+def choose_level(
+    level_mpps: Sequence[float], target_mpp: float, tolerance: float = LEVEL_TOLERANCE
+) -> int:
+    """Coarsest level with mpp <= target*(1+tol); ValueError if even level 0 is too coarse."""
+    limit = target_mpp * (1.0 + tolerance)
+    candidates = [i for i, m in enumerate(level_mpps) if m <= limit]
+    if not candidates:
+        raise ValueError(
+            f"target {target_mpp:.4g} um/px is finer than level 0 ({level_mpps[0]:.4g} um/px) "
+            f"beyond the {tolerance:.0%} tolerance; refusing to upscale"
+        )
+    return max(candidates, key=lambda i: (level_mpps[i], -i))
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """uint8 [h, w, 3] from uint8 RGBA [h, w, 4] composited onto white (outside slide = white)."""
+    rgb = cv2.cvtColor(np.ascontiguousarray(rgba), cv2.COLOR_RGBA2RGB)  # much faster than numpy
+    alpha = rgba[..., 3:]
+    if alpha.min() == 255:
+        return rgb
+    a = alpha.astype(np.uint16)
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def read_rgb(
+    slide: openslide.AbstractSlide, xy: tuple[int, int], level: int, wh: tuple[int, int]
+) -> np.ndarray:
+    """uint8 [h, w, 3] region at `level`, top-left `xy` in level-0 px, composited on white."""
+    region = slide.read_region((int(xy[0]), int(xy[1])), level, (int(wh[0]), int(wh[1])))
+    return composite_on_white(np.asarray(region))
+
+
+def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize uint8 [h, w, 3]: INTER_AREA when shrinking, INTER_LINEAR when (slightly) enlarging."""
+    if rgb.shape[1] == width and rgb.shape[0] == height:
+        return rgb
+    shrink = width <= rgb.shape[1] and height <= rgb.shape[0]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def patch_window(
+    level_mpps: Sequence[float],
+    center_xy: tuple[float, float],
+    size: int,
+    target_mpp: float,
+    tolerance: float = LEVEL_TOLERANCE,
+) -> tuple[int, int, int, int]:
+    """(level, x0, y0, read): read a read x read px square at `level` from level-0 (x0, y0)."""
+    level = choose_level(level_mpps, target_mpp, tolerance)
+    read = max(1, round(size * target_mpp / level_mpps[level]))
+    extent0 = read * level_mpps[level] / level_mpps[0]  # level-0 px covered by the read
+    x0 = math.floor(center_xy[0] - extent0 / 2 + 0.5)
+    y0 = math.floor(center_xy[1] - extent0 / 2 + 0.5)
+    return level, x0, y0, read
+
+
+def read_patch(
+    slide: openslide.AbstractSlide,
+    center_xy: tuple[float, float],
+    size: int,
+    target_mpp: float,
+    base_mpp: float,
+    tolerance: float = LEVEL_TOLERANCE,
+) -> np.ndarray:
+    """uint8 [size, size, 3]: size*target_mpp microns centred at a level-0 point, white outside."""
+    mpps = level_mpps(slide, base_mpp)
+    level, x0, y0, read = patch_window(mpps, center_xy, size, target_mpp, tolerance)
+    return resize(read_rgb(slide, (x0, y0), level, (read, read)), size, size)
+
+
+class SlideHandles:
+    """Per-process LRU of open OpenSlide handles sharing one OpenSlideCache; pickles empty."""
+
+    def __init__(self, max_open: int = 64, cache_bytes: int = 256 << 20):
+        """Keep at most `max_open` slides open; tiles are cached in `cache_bytes` shared bytes."""
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = int(max_open)
+        self.cache_bytes = int(cache_bytes)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start with no open slides and a fresh cache owned by this process."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._open: collections.OrderedDict[str, openslide.OpenSlide] = collections.OrderedDict()
+        self._cache = openslide.OpenSlideCache(self.cache_bytes) if self.cache_bytes > 0 else None
+
+    def __getstate__(self) -> dict:
+        """Only the settings travel; handles and cache are reopened lazily in the new process."""
+        return {"max_open": self.max_open, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuild an empty LRU with the pickled settings."""
+        self.max_open = state["max_open"]
+        self.cache_bytes = state["cache_bytes"]
+        self._reset()
+
+    def __len__(self) -> int:
+        """Number of open handles."""
+        return len(self._open)
+
+    def get(self, path: str) -> openslide.OpenSlide:
+        """The open handle for `path`; opens it (dropping the least recently used) if needed."""
+        if os.getpid() != self._pid:  # forked: never share file handles with the parent
+            self._reset()
+        with self._lock:
+            slide = self._open.get(path)
+            if slide is not None:
+                self._open.move_to_end(path)
+                return slide
+        slide = openslide.OpenSlide(path)
+        if self._cache is not None:
+            slide.set_cache(self._cache)
+        with self._lock:
+            self._open[path] = slide
+            while len(self._open) > self.max_open:
+                # Dropped, not closed: another thread may still read it; GC closes it after.
+                self._open.popitem(last=False)
+        return slide
+
+    def discard(self, path: str) -> None:
+        """Forget `path` (e.g. after a read error left its handle in an error state)."""
+        with self._lock:
+            self._open.pop(path, None)
+
+    def close(self) -> None:
+        """Close every open handle."""
+        with self._lock:
+            slides = list(self._open.values())
+            self._open.clear()
+        for slide in slides:
+            slide.close()
