@@ -1,0 +1,364 @@
+"""DINO multi-crop augmentation on the host (numpy + cv2), returning uint8 crops.
+
+Mirrors ``DataAugmentationDINO`` of facebookresearch/dino (main_dino.py) with the torchvision
+transforms it uses. Deliberate differences (all numerical, none in the random structure):
+
+* Resize: torchvision/PIL bicubic (a=-0.5, antialiased) is replaced by cv2.INTER_AREA when an
+  axis shrinks (antialiased box filter) and cv2.INTER_CUBIC (a=-0.75, no antialias) when an axis
+  is enlarged; crops that shrink one axis and enlarge the other are resized one axis at a time.
+* ColorJitter: the four ops run on one float32 buffer, clipped to [0, 255] after every op as
+  torchvision does, but rounded to uint8 once at the end (torchvision and PIL quantise, and
+  truncate, after each op). Contrast blends with the exact float mean of the grayscale image and
+  saturation with the float grayscale (PIL rounds the mean to an integer and uses its 8-bit
+  grayscale; torchvision truncates the grayscale to uint8 first). Hue is shifted in float32 HSV
+  (PIL shifts an 8-bit hue, i.e. in steps of 1/256 turn, and quantises S and V).
+* GaussianBlur: cv2.GaussianBlur(sigma, ksize=2*ceil(3*sigma)+1, BORDER_REFLECT) instead of PIL's
+  box-blur approximation with ``radius=sigma``; close but not bit-identical.
+* Randomness comes from one ``np.random.Generator`` (torch, and Python ``random`` for blur and
+  solarize, in DINO); the draw order per crop is documented in ``DinoMultiCrop._augment``.
+  ColorJitter draws 8 uniforms at once: the argsort of the first 4 is its random op order (a
+  uniform permutation, like ``torch.randperm(4)``), the other 4 its factors. Crop offsets use
+  ``int(u * n)`` for ``randint(0, n)``. Probabilities compare ``u < p`` (DINO's blur uses <=).
+* Speed: crops are written in place into the output arrays and reusable per-thread float32
+  work buffers (cv2 ``dst=``), so a call allocates almost nothing; large per-op temporaries made
+  glibc return and re-fault heap pages on every call, which cost more than the arithmetic.
+* Pathology additions: optional vertical flip and 90-degree rotation right after the
+  horizontal flip; ``vflip_p=0`` and ``rot90=False`` (defaults) give plain DINO semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from pathfm.errors import ConfigError, DataError
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
+# PIL convert('L'): (19595 R + 38470 G + 7471 B + 2**15) >> 16, as a 3x4 colour matrix. In units
+# of 2**-16 every partial sum is an integer below 2**24, so float32 evaluation is exact and the
+# float->uint8 truncation gives PIL's floor: bit-exact with PIL.
+_PIL_LUMA = np.tile(np.array([19595, 38470, 7471, 32768], np.float64) / 65536, (3, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiCropConfig:
+    """Multi-crop settings; defaults are DINO's (main_dino.py) for ViT pre-training."""
+
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_p: float = 0.5
+    vflip_p: float = 0.0  # pathology addition, applied with the horizontal flip
+    rot90: bool = False  # pathology addition: rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
+    color_jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, each local
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)  # global 1, global 2
+
+    def __post_init__(self) -> None:
+        """Check sizes, ranges and probabilities."""
+        if self.global_size < 1 or self.local_size < 1 or self.n_local < 0:
+            raise ConfigError("multi-crop: global_size/local_size must be >= 1, n_local >= 0")
+        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ConfigError(f"multi-crop: {name} must satisfy 0 < low <= high, got {lo, hi}")
+        probs = (self.hflip_p, self.vflip_p, self.color_jitter_p, self.grayscale_p)
+        if len(self.blur_p) != 3 or len(self.solarize_p) != 2:
+            raise ConfigError("multi-crop: blur_p needs 3 values and solarize_p needs 2")
+        if not all(0.0 <= p <= 1.0 for p in (*probs, *self.blur_p, *self.solarize_p)):
+            raise ConfigError("multi-crop: every probability must lie in [0, 1]")
+        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
+            raise ConfigError("multi-crop: jitter strengths must be >= 0 and hue in [0, 0.5]")
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """Return (top, left, h, w) exactly as torchvision ``RandomResizedCrop.get_params``."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * rng.random())
+        aspect = math.exp(log_lo + (log_hi - log_lo) * rng.random())
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.random() * (height - h + 1))  # randint(0, height - h + 1)
+            left = int(rng.random() * (width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: central crop, aspect clamped to the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Return ``out`` holding ``result`` (cv2 writes into a matching ``dst``; copy otherwise)."""
+    if out is None or result is out:
+        return result
+    out[...] = result
+    return out
+
+
+def resize(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Resize uint8 [h, w, C] to [size, size, C]: INTER_AREA per shrunk axis, INTER_CUBIC else."""
+    h, w = image.shape[:2]
+    if h == size and w == size:
+        return image.copy() if out is None else _into(image, out)
+    if h < size or w < size:  # some axis is enlarged
+        if h > size or w > size:  # ... and the other shrunk: shrink it first with INTER_AREA
+            dsize = (w, size) if h > size else (size, h)
+            image = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
+        interp = cv2.INTER_CUBIC
+    else:
+        interp = cv2.INTER_AREA
+    return _into(cv2.resize(image, (size, size), dst=out, interpolation=interp), out)
+
+
+def random_resized_crop(
+    image: np.ndarray,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """RandomResizedCrop of uint8 [H, W, 3] to uint8 [size, size, 3]."""
+    top, left, h, w = sample_crop_box(image.shape[0], image.shape[1], scale, ratio, rng)
+    return resize(image[top : top + h, left : left + w], size, out)
+
+
+# The private ops work in place on a float32 [H, W, 3] buffer with values in [0, 255] (cv2 ops
+# use dst=src). A blend with factor <= 1 stays inside [0, 255], so its clip is skipped. Colour
+# matrices are built from Python lists: numpy helpers cost more than the op on a 96 px crop.
+def _brightness(f: np.ndarray, factor: float) -> np.ndarray:
+    """blend(img, 0, factor)."""
+    f *= np.float32(factor)
+    return np.clip(f, 0.0, 255.0, out=f) if factor > 1 else f
+
+
+def _contrast(f: np.ndarray, factor: float) -> np.ndarray:
+    """blend(img, mean(grayscale(img)), factor), one affine colour transform."""
+    means = cv2.mean(f)
+    off = (1.0 - factor) * (_GRAY[0] * means[0] + _GRAY[1] * means[1] + _GRAY[2] * means[2])
+    mat = [[factor, 0.0, 0.0, off], [0.0, factor, 0.0, off], [0.0, 0.0, factor, off]]
+    cv2.transform(f, np.array(mat), dst=f)
+    return np.clip(f, 0.0, 255.0, out=f) if factor > 1 else f
+
+
+def _saturation(f: np.ndarray, factor: float) -> np.ndarray:
+    """blend(img, grayscale(img), factor), one 3x3 colour matrix."""
+    r, g, b = ((1.0 - factor) * w for w in _GRAY)
+    mat = [[r + factor, g, b], [r, g + factor, b], [r, g, b + factor]]
+    cv2.transform(f, np.array(mat), dst=f)
+    return np.clip(f, 0.0, 255.0, out=f) if factor > 1 else f
+
+
+def _hue(f: np.ndarray, factor: float) -> np.ndarray:
+    """Rotate the HSV hue by ``factor`` turns (cv2's float HSV has H in degrees)."""
+    cv2.cvtColor(f, cv2.COLOR_RGB2HSV, dst=f)
+    # A non-negative shift keeps H in [0, 720): cv2's HSV->RGB wraps H >= 360 but not H < 0.
+    cv2.add(f, ((360.0 * factor) % 360.0, 0.0, 0.0, 0.0), dst=f)  # a cv2 Scalar: H channel only
+    return cv2.cvtColor(f, cv2.COLOR_HSV2RGB, dst=f)
+
+
+def _to_uint8(f: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Round float32 [H, W, 3] in [0, 255] to uint8 (cv2 rounds to nearest and saturates)."""
+    return _into(cv2.convertScaleAbs(f, dst=out), out)
+
+
+def _apply(
+    op: Callable[[np.ndarray, float], np.ndarray], image: np.ndarray, factor: float
+) -> np.ndarray:
+    """Run a private op on a float32 copy; uint8 in -> uint8 out, float in -> float32 out."""
+    f = op(np.array(image, dtype=np.float32), factor)
+    return _to_uint8(f) if image.dtype == np.uint8 else f
+
+
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """Brightness as torchvision: clip(factor * img) on [H, W, 3]."""
+    return _apply(_brightness, image, factor)
+
+
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """Contrast as torchvision: blend with the scalar mean of the grayscale image."""
+    return _apply(_contrast, image, factor)
+
+
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    """Saturation as torchvision: blend with the per-pixel grayscale image."""
+    return _apply(_saturation, image, factor)
+
+
+def adjust_hue(image: np.ndarray, factor: float) -> np.ndarray:
+    """Hue as torchvision: rotate HSV hue by ``factor`` in [-0.5, 0.5] of a full turn."""
+    if not -0.5 <= factor <= 0.5:
+        raise ValueError(f"hue factor must lie in [-0.5, 0.5], got {factor}")
+    return _apply(_hue, image, factor)
+
+
+def _jitter(
+    f: np.ndarray,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """ColorJitter in place on float32 [H, W, 3]: ops in a random order, each with its factor."""
+    # One draw of 8 uniforms: the first 4 give a uniform random order (as torch.randperm(4)), the
+    # last 4 the factors b, c, s ~ U(max(0, 1 - x), 1 + x) and h ~ U(-hue, hue). A zero strength
+    # switches its op off (torchvision: range None), so all-zero strengths are an exact identity.
+    u = rng.random(8).tolist()
+    strengths = (brightness, contrast, saturation)
+    ops = []
+    for op, x, v in zip((_brightness, _contrast, _saturation), strengths, u[4:7], strict=True):
+        lo = max(0.0, 1.0 - x)
+        ops.append((op, lo + (1.0 + x - lo) * v if x > 0 else None))
+    ops.append((_hue, hue * (2.0 * u[7] - 1.0) if hue > 0 else None))
+    for idx in sorted(range(4), key=u.__getitem__):
+        op, factor = ops[idx]
+        if factor is not None:
+            f = op(f, factor)
+    return f
+
+
+def color_jitter(
+    image: np.ndarray,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """torchvision ColorJitter on uint8 [H, W, 3] -> uint8 [H, W, 3]."""
+    f = np.array(image, dtype=np.float32)
+    return _to_uint8(_jitter(f, brightness, contrast, saturation, hue, rng))
+
+
+def _grayscale_inplace(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """PIL luma of uint8 [H, W, 3] written into all 3 channels of ``x``; buf: float32 scratch."""
+    np.copyto(buf, x)
+    cv2.transform(buf, _PIL_LUMA, dst=buf)
+    np.copyto(x, buf, casting="unsafe")  # truncation = PIL's >> 16
+    return x
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H, W, 3] luma in every channel, bit-exact with PIL."""
+    return _grayscale_inplace(image.copy(), np.empty(image.shape, np.float32))
+
+
+def gaussian_blur(image: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Gaussian blur of uint8 [H, W, 3] with std ``sigma`` px (ksize 2*ceil(3*sigma)+1)."""
+    k = 2 * math.ceil(3 * sigma) + 1
+    res = cv2.GaussianBlur(
+        image, (k, k), sigma, dst=out, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+    )
+    return _into(res, out)
+
+
+def solarize(image: np.ndarray, threshold: int = 128, out: np.ndarray | None = None) -> np.ndarray:
+    """PIL ImageOps.solarize: pixels >= threshold become 255 - v."""
+    lut = np.arange(256, dtype=np.uint8)
+    lut[threshold:] = 255 - lut[threshold:]
+    return _into(cv2.LUT(image, lut, dst=out), out)
+
+
+class DinoMultiCrop:
+    """DINO's ``DataAugmentationDINO`` on one uint8 [H, W, 3] patch; thread-safe, picklable."""
+
+    def __init__(self, config: MultiCropConfig):
+        """Store the (validated) config; float32 work buffers are made per thread on use."""
+        self.config = config
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        """Pickle the config only (workers rebuild their buffers)."""
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore from the config."""
+        self.__init__(state["config"])
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """This thread's float32 [size, size, 3] scratch buffer."""
+        bufs = self._local.__dict__.setdefault("bufs", {})
+        if size not in bufs:
+            bufs[size] = np.empty((size, size, 3), np.float32)
+        return bufs[size]
+
+    def _augment(
+        self,
+        image: np.ndarray,
+        out: np.ndarray,
+        scale: tuple[float, float],
+        blur_p: float,
+        solarize_p: float,
+        rng: np.random.Generator,
+    ) -> None:
+        """Write one augmented crop of ``image`` into ``out`` (uint8 [S, S, 3]).
+
+        Draw order: crop box, hflip, vflip, rot90 k (if enabled), jitter?, jitter order+factors,
+        grayscale?, blur?, blur sigma, solarize? (only where its probability is > 0).
+        """
+        cfg = self.config
+        random_resized_crop(image, out.shape[0], scale, cfg.ratio, rng, out=out)
+        hflip = rng.random() < cfg.hflip_p
+        vflip = rng.random() < cfg.vflip_p
+        if hflip or vflip:
+            cv2.flip(out, -1 if hflip and vflip else (1 if hflip else 0), dst=out)
+        if cfg.rot90:
+            k = int(rng.random() * 4)
+            if k:
+                out[...] = np.rot90(out, k)  # numpy copies overlapping input first
+        if rng.random() < cfg.color_jitter_p:
+            buf = self._buffer(out.shape[0])
+            np.copyto(buf, out)
+            f = _jitter(buf, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, rng)
+            _to_uint8(f, out)
+        if rng.random() < cfg.grayscale_p:
+            _grayscale_inplace(out, self._buffer(out.shape[0]))
+        if rng.random() < blur_p:
+            gaussian_blur(out, rng.uniform(*cfg.blur_sigma), out=out)
+        if solarize_p > 0 and rng.random() < solarize_p:
+            solarize(out, out=out)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """uint8 [H, W, 3] -> {"global_crops": [2, G, G, 3], "local_crops": [n_local, L, L, 3]}."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(
+                f"multi-crop expects a uint8 RGB patch [H, W, 3], got {image.dtype} {image.shape}"
+            )
+        cfg = self.config
+        g, loc = cfg.global_size, cfg.local_size
+        global_crops = np.empty((2, g, g, 3), np.uint8)
+        local_crops = np.empty((cfg.n_local, loc, loc, 3), np.uint8)
+        for i in range(2):
+            blur_p, sol_p = cfg.blur_p[i], cfg.solarize_p[i]
+            self._augment(image, global_crops[i], cfg.global_scale, blur_p, sol_p, rng)
+        for i in range(cfg.n_local):
+            self._augment(image, local_crops[i], cfg.local_scale, cfg.blur_p[2], 0.0, rng)
+        return {"global_crops": global_crops, "local_crops": local_crops}
