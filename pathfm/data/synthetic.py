@@ -1,0 +1,461 @@
+"""Embedded default data set: synthetic H&E whole-slide images as pyramidal OpenSlide TIFFs.
+
+Each slide is white glass with rectangular tissue regions, one tissue class per region (every class
+at least once), rendered in stain space (hematoxylin / eosin optical densities, Beer-Lambert) with
+physically sized structures (microns converted with the slide's mpp). A sidecar JSON
+``<stem>.json`` next to the TIFF holds the :class:`SlideAnnotation` (region boxes and labels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tifffile
+
+from pathfm.errors import DataError
+
+TISSUE_CLASSES: tuple[str, ...] = ("stroma", "tumor", "lymphocytes", "adipose", "necrosis")
+
+_GENERATOR = "pathfm.data.synthetic/1"
+_DESCRIPTION = "pathfm synthetic slide"
+_MIN_SIDE = 512
+# Unit optical-density vectors (R, G, B) of the stains; grey models unstained debris / smudge.
+_HEMATOXYLIN = np.array([0.650, 0.704, 0.286], np.float32)
+_EOSIN = np.array([0.216, 0.801, 0.558], np.float32) / np.float32(1.1023)
+_GREY = np.full(3, 1.0 / math.sqrt(3.0), np.float32)
+_GLASS_OD = np.float32(math.log10(255.0 / 242.0))  # background ~ (242, 242, 242)
+
+_Stains = tuple[np.ndarray, np.ndarray, np.ndarray]  # (H, E, grey) concentrations, each (h, w) f32
+_Ellipses = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # centres, semi-axes, deg, value
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One tissue class in a level-0 box ``(x0, y0, x1, y1)``, half-open."""
+
+    label: str
+    box: tuple[int, int, int, int]
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the level-0 point ``(x, y)`` lies in the box."""
+        x0, y0, x1, y1 = self.box
+        return x0 <= x < x1 and y0 <= y < y1
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideAnnotation:
+    """Ground truth of one synthetic slide: level-0 size, mpp and labelled regions."""
+
+    path: str
+    width: int
+    height: int
+    mpp: float
+    regions: tuple[Region, ...]
+
+    def label_at(self, x: float, y: float) -> str | None:
+        """Tissue class at a level-0 point; None means background."""
+        return next((r.label for r in self.regions if r.contains(x, y)), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable dict (inverse of :meth:`from_json`)."""
+        regions = [{"label": r.label, "box": list(r.box)} for r in self.regions]
+        return {**dataclasses.asdict(self), "regions": regions}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SlideAnnotation:
+        """Parse a dict written by :meth:`to_json`; raises DataError when malformed."""
+        try:
+            regions = tuple(_region_from_json(r) for r in d["regions"])
+            return cls(str(d["path"]), int(d["width"]), int(d["height"]), float(d["mpp"]), regions)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"malformed synthetic slide annotation ({e!r}): {d!r:.200}") from e
+
+
+def _region_from_json(r: dict[str, Any]) -> Region:
+    """Parse and validate one region dict."""
+    box = tuple(int(v) for v in r["box"])
+    if r["label"] not in TISSUE_CLASSES or len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]:
+        raise ValueError(f"bad region {r!r}")
+    return Region(str(r["label"]), box)  # type: ignore[arg-type]
+
+
+def load_annotation(slide_path: str | os.PathLike[str]) -> SlideAnnotation:
+    """Read the sidecar ``<stem>.json`` of a synthetic slide (``path`` is set to ``slide_path``)."""
+    sidecar = Path(slide_path).with_suffix(".json")
+    try:
+        d = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"cannot read synthetic slide annotation {sidecar} ({e}); "
+            "regenerate it with pathfm.data.synthetic.generate_synthetic_slides"
+        ) from e
+    return dataclasses.replace(SlideAnnotation.from_json(d), path=str(slide_path))
+
+
+# ----------------------------------------------------------------------------- random fields
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """Smooth ~N(0, 1) field of shape (h, w) with feature size ``scale`` px."""
+    scale = max(scale, 1.0)
+    gh, gw = int(h / scale) + 3, int(w / scale) + 3
+    low = rng.standard_normal((gh, gw), dtype=np.float32)
+    up = cv2.resize(low, (int(gw * scale), int(gh * scale)), interpolation=cv2.INTER_CUBIC)
+    return up[:h, :w] / np.float32(0.75)
+
+
+def _hex_points(
+    rng: np.random.Generator, h: int, w: int, spacing: float, jitter: float, keep: float
+) -> np.ndarray:
+    """Jittered hexagonal grid covering (h, w) plus a margin: (n, 2) float x, y."""
+    ys = np.arange(-spacing, h + spacing, spacing * math.sqrt(3) / 2)
+    xs = np.arange(-spacing, w + spacing, spacing)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    xx = xx + (np.arange(len(ys)) % 2)[:, None] * spacing / 2
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    pts += rng.normal(0.0, jitter * spacing, pts.shape)
+    return pts[rng.random(len(pts)) < keep]
+
+
+def _ellipses(shape: tuple[int, int], e: _Ellipses, thickness: int = -1) -> np.ndarray:
+    """(h, w) map of ellipses: centres (n, 2), semi-axes (n, 2) px, angles (n,), values (n,)."""
+    img = np.zeros(shape, np.float32)
+    f = 16  # 4 bits of sub-pixel precision
+    c = np.round(e[0] * f).astype(int).tolist()
+    a = np.maximum(np.round(e[1] * f), f // 2).astype(int).tolist()
+    for ci, ai, ang, v in zip(c, a, e[2].tolist(), e[3].tolist(), strict=True):
+        cv2.ellipse(img, ci, ai, ang, 0, 360, float(v), thickness, cv2.LINE_8, 4)
+    return img
+
+
+def _grain(rng: np.random.Generator, h: int, w: int, s: float, amount: float) -> np.ndarray:
+    """Chromatin grain multiplier (h, w): 1 + amount * ~1 um noise."""
+    return 1.0 + amount * _smooth_noise(rng, h, w, 1.0 * s)
+
+
+def _warp(rng: np.random.Generator, img: np.ndarray, amplitude: float, scale: float) -> np.ndarray:
+    """Displace ``img`` (h, w[, c]) by a smooth random field (amplitude, scale in px)."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx = xx + amplitude * _smooth_noise(rng, h, w, scale)
+    my = yy + amplitude * _smooth_noise(rng, h, w, scale)
+    return cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _voronoi(rng: np.random.Generator, h: int, w: int, spacing: float) -> list[np.ndarray]:
+    """Voronoi cells (polygons (k, 2) float x, y) of a jittered hex grid covering (h, w)."""
+    pts = _hex_points(rng, h, w, spacing, 0.3, 1.0)
+    pad = int(3 * spacing)
+    pts = np.clip(pts, -2 * spacing, np.array([w, h]) + 2 * spacing)
+    subdiv = cv2.Subdiv2D((-pad, -pad, w + 2 * pad, h + 2 * pad))
+    subdiv.insert([tuple(p) for p in pts.tolist()])
+    return subdiv.getVoronoiFacetList([])[0]
+
+
+def _lines(shape: tuple[int, int], cells: list[np.ndarray], width: float) -> np.ndarray:
+    """(h, w) map, 1 on the borders of ``cells`` drawn ``width`` px wide, else 0."""
+    img = np.zeros(shape, np.float32)
+    polys = [np.round(c * 16).astype(np.int32) for c in cells]
+    cv2.polylines(img, polys, True, 1.0, max(1, round(width)), cv2.LINE_8, 4)
+    return img
+
+
+# ----------------------------------------------------------------------------- tissue textures
+# Each renderer: (rng, h, w, s = px per micron) -> (H, E, grey) stain concentrations (h, w).
+
+
+def _stroma(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
+    """Pink collagen with wavy fibres and sparse elongated spindle nuclei."""
+    theta = rng.uniform(0, math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    phase = (xx * math.cos(theta) + yy * math.sin(theta)) * np.float32(2 * math.pi / (9.0 * s))
+    phase += 4.0 * _smooth_noise(rng, h, w, 50 * s) + 1.2 * _smooth_noise(rng, h, w, 12 * s)
+    bundle = np.sin(phase) + 0.45 * _smooth_noise(rng, h, w, 18 * s) + 0.35
+    fibre = np.clip(1.5 * bundle, 0, 1) * (0.85 + 0.15 * np.sin(phase * 3.7))
+    e = 0.32 * (1 + 0.1 * _smooth_noise(rng, h, w, 200 * s)) * (0.5 + 0.7 * fibre)
+    pts = _hex_points(rng, h, w, 32 * s, 0.4, 0.55)
+    axes = np.stack([rng.uniform(5, 8, len(pts)), rng.uniform(1.2, 2.0, len(pts))], 1) * s
+    angles = math.degrees(theta) + 90 + rng.normal(0, 15, len(pts))
+    hem = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.55, 0.8, len(pts))))
+    hem *= _grain(rng, h, w, s, 0.25)
+    return hem + 0.03, e.astype(np.float32), np.zeros((h, w), np.float32)
+
+
+def _tumor(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
+    """Dense large pleomorphic vesicular nuclei with nucleoli, in nests split by thin septa."""
+    nests = _voronoi(rng, h, w, 220 * s)
+    walls = np.dstack([_lines((h, w), nests, 5 * s), _lines((h, w), nests, 12 * s)])
+    walls = _warp(rng, walls, 12 * s, 80 * s)
+    septa = cv2.GaussianBlur(walls[..., 0], (0, 0), 1.0 * s)
+    pts = _hex_points(rng, h, w, 13 * s, 0.2, 0.92)
+    xi = np.clip(pts[:, 0].astype(int), 0, w - 1)
+    yi = np.clip(pts[:, 1].astype(int), 0, h - 1)
+    pts = pts[walls[yi, xi, 1] < 0.5]  # no nuclei in or right beside a septum
+    n = len(pts)
+    radius = rng.uniform(4.0, 6.5, n) * s
+    axes = np.stack([radius, radius / rng.uniform(1.0, 1.45, n)], 1)
+    angles = rng.uniform(0, 180, n)
+    hem = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.5, 0.75, n)))
+    hem *= _grain(rng, h, w, s, 0.35)
+    rim = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.3, 0.5, n)), max(1, round(0.9 * s)))
+    nucleoli = pts + rng.normal(0, 0.25, (n, 2)) * radius[:, None]
+    dots = (nucleoli, np.full((n, 2), 0.9 * s), np.zeros(n), rng.uniform(0.4, 0.7, n))
+    rim += _ellipses((h, w), dots)
+    cyto = 0.10 + 0.04 * _smooth_noise(rng, h, w, 20 * s)
+    e = 0.22 * (1 + 0.1 * _smooth_noise(rng, h, w, 8 * s)) + 0.15 * septa
+    nuclei = _warp(rng, hem + rim, 0.5 * s, 6 * s)  # irregular, pleomorphic outlines
+    return nuclei + cyto * (1 - septa), e.astype(np.float32), np.zeros((h, w), np.float32)
+
+
+def _lymphocytes(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
+    """Densely packed small round very dark nuclei with scant cytoplasm."""
+    pts = _hex_points(rng, h, w, 8.5 * s, 0.18, 0.85)
+    n = len(pts)
+    radius = rng.uniform(3.0, 3.5, n) * s
+    axes = np.stack([radius, radius / rng.uniform(1.0, 1.15, n)], 1)
+    hem = _ellipses((h, w), (pts, axes, rng.uniform(0, 180, n), rng.uniform(1.1, 1.4, n)))
+    hem *= _grain(rng, h, w, s, 0.15)
+    e = 0.14 * (1 + 0.15 * _smooth_noise(rng, h, w, 15 * s))
+    return hem + 0.05, e.astype(np.float32), np.zeros((h, w), np.float32)
+
+
+def _adipose(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
+    """Large empty polygonal-round fat cells with thin pink membranes and rare flat nuclei."""
+    facets = _voronoi(rng, h, w, 60 * s)
+    membrane = 0.45 * cv2.GaussianBlur(_lines((h, w), facets, 2.0 * s), (0, 0), 0.3 * s)
+    edges = np.array([(f[0], f[1]) for f in facets if len(f) > 1], np.float32)
+    edges = edges[rng.random(len(edges)) < 0.15]
+    mid = edges.mean(axis=1)
+    angles = np.degrees(np.arctan2(*(edges[:, 1] - edges[:, 0]).T[::-1]))
+    axes = np.tile(np.array([5.0, 1.3]) * s, (len(mid), 1))
+    hem = _ellipses((h, w), (mid, axes, angles, rng.uniform(0.5, 0.8, len(mid))))
+    hem *= _grain(rng, h, w, s, 0.25)
+    warped = _warp(rng, np.dstack([membrane, hem]), 4 * s, 40 * s)  # nuclei stay on membranes
+    return warped[..., 1] + 0.01, warped[..., 0] + 0.065, np.full((h, w), 0.015, np.float32)
+
+
+def _necrosis(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
+    """Pale pink-grey smudge with faint ghost cells and clustered karyorrhectic debris."""
+    smudge = 1 + 0.2 * _smooth_noise(rng, h, w, 30 * s) + 0.15 * _smooth_noise(rng, h, w, 5 * s)
+    pts = _hex_points(rng, h, w, 14 * s, 0.3, 0.5)
+    n = len(pts)
+    axes = rng.uniform(3.5, 5.0, (n, 2)) * s
+    ghosts = _ellipses((h, w), (pts, axes, rng.uniform(0, 180, n), rng.uniform(0.05, 0.12, n)))
+    clusters = _smooth_noise(rng, h, w, 40 * s) > 0.2
+    specks = (_smooth_noise(rng, h, w, 1.2 * s) > 1.7) & clusters
+    debris = cv2.GaussianBlur(specks.astype(np.float32), (0, 0), 0.3 * s) * 0.9
+    hem = 0.025 * smudge + ghosts + debris
+    return hem, (0.08 * smudge).astype(np.float32), (0.11 * smudge).astype(np.float32)
+
+
+_RENDERERS = {f.__name__[1:]: f for f in (_stroma, _tumor, _lymphocytes, _adipose, _necrosis)}
+
+
+def _stains_to_rgb(stains: _Stains, mask: np.ndarray) -> np.ndarray:
+    """Beer-Lambert: stain concentrations (h, w) x3 times tissue mask -> uint8 RGB (h, w, 3)."""
+    hem, eos, grey = stains
+    out = np.empty((*hem.shape, 3), np.uint8)
+    for c in range(3):
+        od = (hem * _HEMATOXYLIN[c] + eos * _EOSIN[c] + grey * _GREY[c]) * mask + _GLASS_OD
+        out[..., c] = np.clip(255.0 * np.exp(np.float32(-math.log(10)) * od), 0, 255)
+    return out
+
+
+def _edge_mask(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndarray:
+    """Tissue mask (h, w) in [0, 1]: the box minus an irregular band (< 2% of its side)."""
+    band = 0.02 * min(h, w)
+    dy = np.minimum(np.arange(h), h - 1 - np.arange(h)).astype(np.float32)
+    dx = np.minimum(np.arange(w), w - 1 - np.arange(w)).astype(np.float32)
+    dist = np.minimum(dy[:, None], dx[None, :])
+    cut = band * (0.5 + 0.5 * np.tanh(_smooth_noise(rng, h, w, 40 * s)))
+    return np.clip((dist - cut) / 2.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- layout and slide
+
+
+def _split(rng: np.random.Generator, start: float, length: float, n: int, gap: float) -> list:
+    """Split [start, start + length) into n random near-equal (lo, hi) int segments with gaps."""
+    sizes = rng.uniform(0.92, 1.08, n)
+    sizes *= (length - gap * (n - 1)) / sizes.sum()
+    lo = start + np.concatenate([[0.0], np.cumsum(sizes)[:-1]]) + gap * np.arange(n)
+    return [(round(a), round(a + b)) for a, b in zip(lo.tolist(), sizes.tolist(), strict=True)]
+
+
+def _layout(rng: np.random.Generator, width: int, height: int) -> tuple[Region, ...]:
+    """Two bands of 2-3 boxes each; every class at least once, in random order."""
+    mx, my = rng.uniform(0.03, 0.045) * width, rng.uniform(0.03, 0.045) * height
+    gap = rng.uniform(0.02, 0.03) * min(width, height)
+    counts = [(2, 3), (3, 2), (3, 3)][rng.integers(3)]
+    by_rows = bool(rng.random() < 0.5) if width == height else width > height  # squarer boxes
+    major = (my, height - 2 * my) if by_rows else (mx, width - 2 * mx)
+    minor = (mx, width - 2 * mx) if by_rows else (my, height - 2 * my)
+    cells = []
+    for band, n in zip(_split(rng, *major, 2, gap), counts, strict=True):
+        for seg in _split(rng, *minor, n, gap):
+            cells.append((*seg, *band) if by_rows else (*band, *seg))  # (x0, x1, y0, y1)
+    extra = rng.choice(len(TISSUE_CLASSES), len(cells) - len(TISSUE_CLASSES)).tolist()
+    labels = [TISSUE_CLASSES[i] for i in rng.permutation(len(TISSUE_CLASSES)).tolist() + extra]
+    regions = []
+    for label, (x0, x1, y0, y1) in zip(labels, cells, strict=True):
+        ix, iy = rng.uniform(0, 0.015, 2) * (x1 - x0), rng.uniform(0, 0.015, 2) * (y1 - y0)
+        box = (round(x0 + ix[0]), round(y0 + iy[0]), round(x1 - ix[1]), round(y1 - iy[1]))
+        regions.append(Region(label, box))
+    return tuple(regions)
+
+
+def _add_noise(rng: np.random.Generator, img: np.ndarray, amplitude: int = 3) -> None:
+    """Add uniform per-pixel noise in [-amplitude, amplitude] in place, in row chunks."""
+    for y in range(0, img.shape[0], 1024):
+        chunk = img[y : y + 1024]
+        noise = rng.integers(-amplitude, amplitude + 1, chunk.shape, dtype=np.int8)
+        chunk[:] = np.clip(chunk.astype(np.int16) + noise, 0, 255)
+
+
+def _render_slide(
+    seed: int, width: int, height: int, mpp: float
+) -> tuple[np.ndarray, tuple[Region, ...]]:
+    """Level-0 RGB (height, width, 3) uint8 and its regions, deterministic for the seed."""
+    rng = np.random.default_rng(seed)
+    regions = _layout(rng, width, height)
+    s = 1.0 / mpp
+    img = np.full((height, width, 3), 242, np.uint8)
+    for r in regions:
+        x0, y0, x1, y1 = r.box
+        stains = _RENDERERS[r.label](rng, y1 - y0, x1 - x0, s)
+        mask = _edge_mask(rng, y1 - y0, x1 - x0, s)
+        img[y0:y1, x0:x1] = _stains_to_rgb(stains, mask)
+    sigma = 0.18 * s  # slight optical blur, ~0.2 um
+    if sigma >= 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    _add_noise(rng, img)
+    return img, regions
+
+
+def _level_sizes(width: int, height: int, downsample: int, min_level_size: int) -> list:
+    """(w, h) per pyramid level, each ``downsample`` x smaller, short side >= min_level_size."""
+    sizes = [(width, height)]
+    while min(sizes[-1]) // downsample >= min_level_size:
+        sizes.append((sizes[-1][0] // downsample, sizes[-1][1] // downsample))
+    return sizes
+
+
+def _write_pyramid(path: Path, img: np.ndarray, mpp: float, sizes: list, tile: int, q: int) -> None:
+    """Write each level (w, h) in ``sizes`` as a top-level tiled JPEG page, resolution in px/cm."""
+    level = img
+    with tifffile.TiffWriter(path, bigtiff=img.nbytes > 2**31) as tif:
+        for i, size in enumerate(sizes):
+            if i:
+                level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
+            res = 1e4 / (mpp * img.shape[1] / size[0])
+            tif.write(
+                level,
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": q},
+                tile=(tile, tile),
+                subfiletype=int(i > 0),
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                description=_DESCRIPTION,
+                metadata=None,
+            )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a hidden temp file next to ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_args(w: int, h: int, mpp: float, tile: int, ds: int, min_size: int, q: int) -> None:
+    """Raise DataError for unusable slide parameters."""
+    problems = [
+        (min(w, h) < _MIN_SIDE, f"width and height must be >= {_MIN_SIDE}"),
+        (not (math.isfinite(mpp) and 0.05 <= mpp <= 20), "mpp must be in [0.05, 20]"),
+        (tile <= 0 or tile % 16, "tile must be a positive multiple of 16"),
+        (ds < 2, "downsample must be >= 2"),
+        (min_size < 1, "min_level_size must be >= 1"),
+        (not 1 <= q <= 100, "quality must be in [1, 100]"),
+    ]
+    bad = [msg for cond, msg in problems if cond]
+    if bad:
+        raise DataError(f"invalid synthetic slide parameters: {'; '.join(bad)}")
+
+
+def write_synthetic_slide(
+    path: str | os.PathLike[str],
+    *,
+    seed: int,
+    width: int = 4096,
+    height: int = 4096,
+    mpp: float = 0.25,
+    tile: int = 256,
+    downsample: int = 2,
+    min_level_size: int = 256,
+    quality: int = 90,
+) -> SlideAnnotation:
+    """Write one synthetic H&E slide (pyramidal JPEG TIFF) plus sidecar JSON; return its truth."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise DataError(f"synthetic slide path must end in .tif or .tiff: {path}")
+    if seed < 0:
+        raise DataError(f"seed must be >= 0, got {seed}")
+    _check_args(width, height, mpp, tile, downsample, min_level_size, quality)
+    img, regions = _render_slide(seed, width, height, mpp)
+    ann = SlideAnnotation(str(path), width, height, float(mpp), regions)
+    extra = {"path": path.name, "seed": seed, "downsample": downsample, "generator": _GENERATOR}
+    sizes = _level_sizes(width, height, downsample, min_level_size)
+    _atomic_write(path, lambda p: _write_pyramid(p, img, mpp, sizes, tile, quality))
+    sidecar = {**ann.to_json(), **extra}
+    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=1)))
+    return ann
+
+
+def _is_complete(path: Path, expected: dict[str, Any]) -> bool:
+    """Whether ``path`` and its sidecar exist and the sidecar matches the expected parameters."""
+    try:
+        d = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_file() and all(d.get(k) == v for k, v in expected.items())
+
+
+def generate_synthetic_slides(
+    directory: str | os.PathLike[str],
+    *,
+    n_slides: int = 4,
+    seed: int = 0,
+    width: int = 4096,
+    height: int = 4096,
+    mpp: float = 0.25,
+    downsample: int = 2,
+) -> list[Path]:
+    """Write ``synthetic_{i:03d}.tiff`` (+ .json) for i < n_slides, skipping complete ones."""
+    if n_slides < 0 or seed < 0:
+        raise DataError(f"n_slides and seed must be >= 0, got {n_slides} and {seed}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_slides):
+        path = directory / f"synthetic_{i:03d}.tiff"
+        shape = {"width": width, "height": height, "mpp": float(mpp), "downsample": downsample}
+        expected = {"seed": seed * 1000 + i, "generator": _GENERATOR, **shape}
+        if not _is_complete(path, expected):
+            write_synthetic_slide(path, seed=seed * 1000 + i, **shape)
+        paths.append(path)
+    return paths

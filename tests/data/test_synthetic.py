@@ -1,0 +1,231 @@
+"""Synthetic H&E slides: real OpenSlide reads, layout truth, texture character, robustness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pytest
+
+from pathfm.data import synthetic
+from pathfm.data.synthetic import (
+    TISSUE_CLASSES,
+    Region,
+    SlideAnnotation,
+    generate_synthetic_slides,
+    load_annotation,
+    write_synthetic_slide,
+)
+from pathfm.errors import DataError
+
+W, H = 2048, 1536  # width != height on purpose
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[int, SlideAnnotation]:
+    """Two slides: downsample 2 at 0.25 um/px and downsample 4 at 0.5 um/px."""
+    d = tmp_path_factory.mktemp("synthetic")
+    return {
+        2: write_synthetic_slide(d / "ds2.tiff", seed=11, width=W, height=H, mpp=0.25),
+        4: write_synthetic_slide(d / "ds4.tiff", seed=12, width=W, height=H, mpp=0.5, downsample=4),
+    }
+
+
+def _read(slide: openslide.OpenSlide, cx: int, cy: int, size: int, level: int = 0) -> np.ndarray:
+    """RGB (size, size, 3) float read centred on level-0 point (cx, cy)."""
+    ds = slide.level_downsamples[level]
+    x0, y0 = int(cx - size * ds / 2), int(cy - size * ds / 2)
+    return np.asarray(slide.read_region((x0, y0), level, (size, size)).convert("RGB"), np.float64)
+
+
+def _centre(ann: SlideAnnotation, label: str) -> tuple[int, int]:
+    r = next(r for r in ann.regions if r.label == label)
+    return (r.box[0] + r.box[2]) // 2, (r.box[1] + r.box[3]) // 2
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _nucleus_area(rgb: np.ndarray, percentile: float = 50) -> float:
+    """Percentile of the areas (px) of dark connected components, i.e. of nuclei."""
+    dark = (_gray(rgb) < 110).astype(np.uint8)
+    _, _, cc, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    areas = cc[1:, cv2.CC_STAT_AREA]
+    areas = areas[areas >= 10]
+    return float(np.percentile(areas, percentile)) if len(areas) else 0.0
+
+
+def _stats(rgb: np.ndarray) -> dict[str, float]:
+    """Brightness, saturation, dark ("nuclear") fraction, bright fraction, median nucleus area."""
+    gray = _gray(rgb)
+    hsv = cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2HSV)
+    return {
+        "gray": gray.mean(),
+        "sat": hsv[..., 1].mean(),
+        "dark": (gray < 110).mean(),
+        "bright": (rgb.min(axis=-1) > 200).mean(),
+        "nucleus_area": _nucleus_area(rgb),
+        "r": rgb[..., 0].mean(),
+        "g": rgb[..., 1].mean(),
+        "b": rgb[..., 2].mean(),
+    }
+
+
+def _expected_sizes(ds: int) -> list[tuple[int, int]]:
+    sizes = [(W, H)]
+    while min(sizes[-1]) // ds >= 256:
+        sizes.append((sizes[-1][0] // ds, sizes[-1][1] // ds))
+    return sizes
+
+
+@pytest.mark.parametrize("ds", [2, 4])
+def test_openslide_reads_pyramid_with_mpp(slides: dict[int, SlideAnnotation], ds: int) -> None:
+    ann = slides[ds]
+    assert openslide.OpenSlide.detect_format(ann.path) == "generic-tiff"
+    with openslide.OpenSlide(ann.path) as s:
+        for key in ("openslide.mpp-x", "openslide.mpp-y"):
+            assert float(s.properties[key]) == pytest.approx(ann.mpp, rel=1e-6)
+        sizes = _expected_sizes(ds)
+        assert s.level_count == len(sizes) == (3 if ds == 2 else 2)
+        assert list(s.level_dimensions) == sizes
+        assert list(s.level_downsamples) == [float(ds**i) for i in range(len(sizes))]
+        assert not s.properties["tiff.ImageDescription"].startswith("Aperio")
+
+
+def test_annotation_layout_and_sidecar(slides: dict[int, SlideAnnotation]) -> None:
+    ann = slides[2]
+    assert (ann.width, ann.height, ann.mpp) == (W, H, 0.25)
+    assert {r.label for r in ann.regions} == set(TISSUE_CLASSES)
+    for i, r in enumerate(ann.regions):
+        x0, y0, x1, y1 = r.box
+        assert 0 < x0 < x1 < W and 0 < y0 < y1 < H
+        assert min(x1 - x0, y1 - y0) >= 0.3 * min(W, H)  # room for many 224 px patches
+        assert ann.label_at((x0 + x1) / 2, (y0 + y1) / 2) == r.label
+        assert ann.label_at(x0, y0) == r.label and ann.label_at(x1, y0) != r.label  # half-open
+        for other in ann.regions[i + 1 :]:
+            ox0, oy0, ox1, oy1 = other.box
+            assert min(x1, ox1) < max(x0, ox0) or min(y1, oy1) < max(y0, oy0)  # gap between
+    assert ann.label_at(2, 2) is None
+    loaded = load_annotation(ann.path)
+    assert loaded == ann
+    assert SlideAnnotation.from_json(json.loads(json.dumps(ann.to_json()))) == ann
+    sidecar = json.loads(Path(ann.path).with_suffix(".json").read_text())
+    assert sidecar["path"] == Path(ann.path).name and sidecar["seed"] == 11
+
+
+def test_label_at_matches_pixels(slides: dict[int, SlideAnnotation]) -> None:
+    ann = slides[2]
+    with openslide.OpenSlide(ann.path) as s:
+        bg = _read(s, 16, 16, 24)
+        assert bg.mean() > 235 and np.ptp(bg.mean(axis=(0, 1))) < 3
+        for r in ann.regions:
+            cx, cy = _centre(ann, r.label)
+            assert _read(s, cx, cy, 64).mean() < 235, r.label  # tissue, not glass
+
+
+def test_classes_have_he_character(slides: dict[int, SlideAnnotation]) -> None:
+    ann = slides[2]
+    with openslide.OpenSlide(ann.path) as s:
+        st = {c: _stats(_read(s, *_centre(ann, c), 384)) for c in TISSUE_CLASSES}
+    stroma, tumor, lymph, fat, necro = (st[c] for c in TISSUE_CLASSES)
+    assert stroma["r"] > stroma["b"] > stroma["g"] and stroma["r"] - stroma["g"] > 30  # pink
+    assert stroma["gray"] > tumor["gray"] + 20 and stroma["dark"] < 0.1
+    for nuclear in (tumor, lymph):
+        assert nuclear["b"] > nuclear["g"] and nuclear["dark"] > max(0.25, 3 * stroma["dark"])
+    assert lymph["nucleus_area"] < 0.7 * tumor["nucleus_area"]  # small round vs large nuclei
+    # lymphocyte nucleus ~6.5 um: ~26 px wide at 0.25 um/px -> area ~ 530 px
+    assert 250 < lymph["nucleus_area"] < 900
+    assert fat["bright"] > 0.6 and fat["dark"] < 0.02
+    assert necro["sat"] < stroma["sat"] - 8 and necro["dark"] < tumor["dark"] / 3
+    assert necro["gray"] > tumor["gray"] + 30
+
+
+def test_nucleus_size_is_physical(slides: dict[int, SlideAnnotation]) -> None:
+    """Same tissue at 0.5 um/px level 0 has ~4x smaller nuclei (in px^2) than at 0.25 um/px."""
+    areas = {}
+    for ds, ann in slides.items():
+        with openslide.OpenSlide(ann.path) as s:
+            rgb = _read(s, *_centre(ann, "lymphocytes"), 384)
+            areas[ds] = _nucleus_area(rgb, percentile=30)  # robust to touching nuclei
+    assert 2.5 < areas[2] / areas[4] < 6
+
+
+def test_classes_distinct_at_lower_resolution(slides: dict[int, SlideAnnotation]) -> None:
+    ann = slides[2]
+    with openslide.OpenSlide(ann.path) as s:  # level 2 = 1 um/px
+        st = {c: _stats(_read(s, *_centre(ann, c), 96, level=2)) for c in TISSUE_CLASSES}
+    assert st["stroma"]["gray"] > st["tumor"]["gray"] + 20
+    assert st["adipose"]["gray"] > max(st[c]["gray"] for c in ("stroma", "necrosis", "tumor"))
+    assert st["lymphocytes"]["dark"] > 3 * st["stroma"]["dark"]
+
+
+def test_deterministic_per_seed_and_different_between_seeds(tmp_path: Path) -> None:
+    kw = {"width": 768, "height": 512, "mpp": 0.5}
+    a = write_synthetic_slide(tmp_path / "a.tiff", seed=3, **kw)
+    b = write_synthetic_slide(tmp_path / "b.tiff", seed=3, **kw)
+    c = write_synthetic_slide(tmp_path / "c.tiff", seed=4, **kw)
+    assert a.regions == b.regions
+    assert Path(a.path).read_bytes() == Path(b.path).read_bytes()
+    with openslide.OpenSlide(a.path) as sa, openslide.OpenSlide(c.path) as sc:
+        pa, pc = (np.asarray(s.read_region((0, 0), 0, (768, 512))) for s in (sa, sc))
+    assert a.regions != c.regions and not np.array_equal(pa, pc)
+
+
+def test_generate_is_idempotent_and_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "dir"
+    kw = {"n_slides": 3, "seed": 1, "width": 640, "height": 512, "mpp": 0.5}
+    paths = generate_synthetic_slides(out, **kw)
+    assert [p.name for p in paths] == [f"synthetic_{i:03d}.tiff" for i in range(3)]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([p.name for p in paths] + [p.stem + ".json" for p in paths])  # no temps
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert generate_synthetic_slides(out, **kw) == paths
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    anns = [load_annotation(p) for p in paths]
+    assert len({a.regions for a in anns}) == 3  # every slide differs
+    paths[1].with_suffix(".json").unlink()  # incomplete slide is regenerated, others untouched
+    generate_synthetic_slides(out, **kw)
+    assert load_annotation(paths[1]) == anns[1]
+    assert paths[0].stat().st_mtime_ns == mtimes[paths[0]]
+
+
+def test_user_errors_raise_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"\.tif"):
+        write_synthetic_slide(tmp_path / "x.png", seed=0)
+    with pytest.raises(DataError, match="width and height"):
+        write_synthetic_slide(tmp_path / "x.tiff", seed=0, width=100)
+    with pytest.raises(DataError, match="tile"):
+        write_synthetic_slide(tmp_path / "x.tiff", seed=0, tile=100)
+    with pytest.raises(DataError, match="mpp"):
+        write_synthetic_slide(tmp_path / "x.tiff", seed=0, mpp=0.0)
+    with pytest.raises(DataError, match="seed"):
+        generate_synthetic_slides(tmp_path, seed=-1)
+    with pytest.raises(DataError, match="annotation"):
+        load_annotation(tmp_path / "missing.tiff")
+    (tmp_path / "bad.json").write_text(json.dumps({"path": "bad.tiff", "regions": [{}]}))
+    with pytest.raises(DataError, match="malformed"):
+        load_annotation(tmp_path / "bad.tiff")
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.json"]  # nothing half-written
+
+
+def test_region_contains_is_half_open() -> None:
+    r = Region("tumor", (10, 20, 30, 40))
+    assert r.contains(10, 20) and r.contains(29.9, 39.9)
+    assert not r.contains(30, 25) and not r.contains(15, 40) and not r.contains(9.9, 25)
+
+
+def test_failed_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: Path, *args: object) -> None:
+        path.write_bytes(b"II*\0 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "_write_pyramid", broken)
+    with pytest.raises(DataError, match="disk full"):
+        generate_synthetic_slides(tmp_path, n_slides=1, width=512, height=512)
+    assert list(tmp_path.iterdir()) == []
