@@ -1,0 +1,170 @@
+"""The base experiment config (every key, with DINO's reference defaults) and its validation.
+
+Experiment files in `configs/` start from `base_config()` and change what differs. Defaults follow
+facebookresearch/dino main_dino.py for ViT-S/16 (REFERENCE section 2); where online patching needs
+a notion the reference lacks, it is named here (`steps_per_epoch`: a pseudo-epoch).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from pathfm.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys pathfm knows, with the reference defaults (DINO ViT-S/16, 100 epochs)."""
+    c = ml_collections.ConfigDict()
+    c.mode = "pretrain"
+    c.method = "dino"
+    c.seed = 0
+    c.epochs = 100
+    c.steps_per_epoch = 1250  # online patching has no data set epoch: a pseudo-epoch of iterations
+    c.batch_size = 512  # global batch over all devices and hosts (DINO: 64 per GPU x 8 GPUs)
+    c.log_every_steps = 50
+
+    c.model = ml_collections.ConfigDict()
+    c.model.size = "S"  # T/S/B/L/g or tiny/small/base/large/giant
+    c.model.patch_size = 16
+    c.model.img_size = 224  # size of the learned position embedding
+    c.model.embed_dim = 0  # > 0 overrides the size's width (tiny test models)
+    c.model.depth = 0
+    c.model.num_heads = 0
+    c.model.mlp_ratio = 4.0
+    c.model.drop_path_rate = 0.1
+    c.model.dtype = "float32"  # or "bfloat16" for matmuls; parameters stay float32
+
+    c.dino = ml_collections.ConfigDict()
+    c.dino.out_dim = 65536
+    c.dino.hidden_dim = 2048
+    c.dino.bottleneck_dim = 256
+    c.dino.nlayers = 3
+    c.dino.norm_last_layer = True
+    c.dino.momentum_teacher = 0.996
+    c.dino.teacher_temp = 0.04
+    c.dino.warmup_teacher_temp = 0.04
+    c.dino.warmup_teacher_temp_epochs = 0
+    c.dino.student_temp = 0.1
+    c.dino.center_momentum = 0.9
+    c.dino.freeze_last_layer = 1  # epochs during which the head's last layer gets no update
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 5e-4  # peak lr per 256 images: peak = lr * batch_size / 256
+    c.optim.min_lr = 1e-6
+    c.optim.warmup_epochs = 10
+    c.optim.weight_decay = 0.04
+    c.optim.weight_decay_end = 0.4
+    c.optim.clip_grad = 3.0  # per-tensor norm clipping; 0 disables
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.crops = ml_collections.ConfigDict()
+    c.crops.global_size = 224
+    c.crops.local_size = 96
+    c.crops.n_local = 8
+    c.crops.global_scale = (0.4, 1.0)
+    c.crops.local_scale = (0.05, 0.4)
+    c.crops.vflip_p = 0.5  # pathology addition (tissue has no up/down)
+    c.crops.rot90 = True  # pathology addition
+    c.crops.color_jitter_p = 0.8
+    c.crops.grayscale_p = 0.2
+
+    c.data = ml_collections.ConfigDict()
+    c.data.slides = ""  # directory, glob or CSV manifest (columns path[, mpp]); "" = synthetic
+    c.data.synthetic_dir = ""  # "" = <workdir>/synthetic_slides
+    c.data.synthetic_slides = 4
+    c.data.synthetic_size = 4096  # level-0 px per side
+    c.data.synthetic_mpp = 0.25
+    c.data.patch_size = 256  # px read per sample, before multi-crop
+    c.data.mpps = (0.5,)  # um/px to sample at
+    c.data.mpp_weights = ()  # empty = uniform
+    c.data.mask_mpp = 8.0
+    c.data.saturation_threshold = 20
+    c.data.min_tissue_fraction = 0.35
+    c.data.on_bad_slide = "skip"  # or "error"
+    c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    c.data.mean = IMAGENET_MEAN
+    c.data.std = IMAGENET_STD
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.max_to_keep = 3
+
+    c.monitor = ml_collections.ConfigDict()
+    c.monitor.every_steps = 1000  # 0 disables RankMe/ODCorr
+    c.monitor.num_patches = 1024  # fixed probe set, sampled with a seed apart from training
+    c.monitor.batch_size = 256
+    return c
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Raises ConfigError naming the first invalid value; checks everything before any work."""
+    from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
+    from pathfm.ssl.registry import METHODS
+
+    c = config
+    _require(c.mode in ("pretrain",), "mode", f"{c.mode!r} is not one of: pretrain")
+    _require(c.method in METHODS, "method", f"{c.method!r} is not one of: {', '.join(METHODS)}")
+    for key in ("epochs", "steps_per_epoch", "batch_size", "log_every_steps"):
+        _require(c[key] > 0, key, f"must be > 0, got {c[key]}")
+    _require(
+        c.batch_size % num_devices == 0,
+        "batch_size",
+        f"{c.batch_size} must be divisible by the {num_devices} devices of the data axis",
+    )
+    m = c.model
+    _require(
+        m.size in VIT_SIZES or m.size in SIZE_ALIASES, "model.size", f"unknown size {m.size!r}"
+    )
+    _require(m.dtype in ("float32", "bfloat16"), "model.dtype", "use float32 or bfloat16")
+    _require(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+    for key in ("img_size",):
+        _require(m[key] % m.patch_size == 0, f"model.{key}", "must be a multiple of patch_size")
+    cr = c.crops
+    for key in ("global_size", "local_size"):
+        _require(
+            cr[key] % m.patch_size == 0,
+            f"crops.{key}",
+            f"{cr[key]} must be a multiple of model.patch_size ({m.patch_size})",
+        )
+    for key in ("global_scale", "local_scale"):
+        lo, hi = cr[key]
+        _require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
+    _require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
+    d = c.data
+    _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
+    _require(
+        not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
+        "data.mpp_weights",
+        "must be empty or have one weight per entry of data.mpps",
+    )
+    _require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
+    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
+    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
+    o = c.optim
+    _require(o.lr > 0 and o.min_lr >= 0, "optim.lr", "lr must be > 0 and min_lr >= 0")
+    _require(0 <= o.warmup_epochs <= c.epochs, "optim.warmup_epochs", "must be in [0, epochs]")
+    dn = c.dino
+    _require(dn.out_dim > 0 and dn.nlayers >= 1, "dino.out_dim", "out_dim > 0 and nlayers >= 1")
+    _require(
+        0 <= dn.warmup_teacher_temp_epochs <= c.epochs,
+        "dino.warmup_teacher_temp_epochs",
+        "must be in [0, epochs]",
+    )
+    _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
+    _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
+    _require(
+        c.monitor.every_steps == 0 or c.monitor.num_patches >= 2,
+        "monitor.num_patches",
+        "need at least 2 probe patches",
+    )

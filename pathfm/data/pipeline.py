@@ -1,0 +1,142 @@
+"""The online-patching input pipeline: grain over an endless stream of sample indices.
+
+index i -> (seeded rng for i) -> random tissue patch from a random slide -> multi-crop -> batch.
+Every element is a pure function of (seed, i), so the stream is identical for any number of
+worker processes, and the iterator state (the next index) is all a checkpoint needs. Each host
+reads only its slice `i = process_index, process_index + process_count, ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import grain
+import ml_collections
+import numpy as np
+
+from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
+from pathfm.data.sampler import PatchSampler, SlideIndex
+from pathfm.data.slides import find_slides
+from pathfm.data.synthetic import generate_synthetic_slides
+from pathfm.data.tissue import TissueConfig
+
+STREAM_LENGTH = 2**62  # "endless": far more samples than any run draws
+PROBE_SEED_OFFSET = 1_000_003  # the monitor's probe set comes from its own seed stream
+
+
+def resolve_slide_source(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
+    """`data.slides`, or a folder of synthetic slides generated on first use."""
+    d = config.data
+    if d.slides:
+        return d.slides
+    directory = Path(d.synthetic_dir or Path(workdir) / "synthetic_slides")
+    generate_synthetic_slides(
+        directory,
+        n_slides=d.synthetic_slides,
+        seed=config.seed,
+        width=d.synthetic_size,
+        height=d.synthetic_size,
+        mpp=d.synthetic_mpp,
+    )
+    return str(directory)
+
+
+def tissue_config(config: ml_collections.ConfigDict) -> TissueConfig:
+    d = config.data
+    return TissueConfig(
+        mask_mpp=d.mask_mpp,
+        saturation_threshold=d.saturation_threshold,
+        min_tissue_fraction=d.min_tissue_fraction,
+    )
+
+
+def build_slide_index(config: ml_collections.ConfigDict, source: str) -> SlideIndex:
+    """Finds, opens and masks every slide; bad slides are skipped and recorded (or raise)."""
+    records = find_slides(source)
+    return SlideIndex.build(
+        records,
+        tissue_config(config),
+        max_mpp_for_training=min(config.data.mpps),
+        on_bad_slide=config.data.on_bad_slide,
+    )
+
+
+def build_sampler(config: ml_collections.ConfigDict, index: SlideIndex) -> PatchSampler:
+    d = config.data
+    return PatchSampler(
+        index,
+        d.patch_size,
+        tuple(d.mpps),
+        tuple(d.mpp_weights) or None,
+        min_tissue_fraction=d.min_tissue_fraction,
+    )
+
+
+def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
+    cr = config.crops
+    return MultiCropConfig(
+        global_size=cr.global_size,
+        local_size=cr.local_size,
+        n_local=cr.n_local,
+        global_scale=tuple(cr.global_scale),
+        local_scale=tuple(cr.local_scale),
+        vflip_p=cr.vflip_p,
+        rot90=cr.rot90,
+        color_jitter_p=cr.color_jitter_p,
+        grayscale_p=cr.grayscale_p,
+    )
+
+
+@dataclasses.dataclass
+class SampleAndCrop:
+    """grain random map: rng -> one training example (multi-crop views plus provenance)."""
+
+    sampler: PatchSampler
+    multicrop: DinoMultiCrop
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        del index  # the rng grain derives from (seed, index) carries all the randomness
+        patch = self.sampler(rng)
+        views = self.multicrop(patch.pop("image"), rng)
+        return {**views, **patch}
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """One OpenCV thread per worker process: the workers already use every core."""
+    del worker_index, worker_count
+    cv2.setNumThreads(1)
+
+
+def build_train_iterator(
+    config: ml_collections.ConfigDict,
+    sampler: PatchSampler,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """This host's batches of `batch_size / process_count` examples: a checkpointable iterator."""
+    local_batch = config.batch_size // process_count
+    ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
+    ds = ds.random_map(
+        SampleAndCrop(sampler, DinoMultiCrop(multicrop_config(config))), seed=config.seed
+    )
+    ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+    if config.data.num_workers > 0:
+        options = grain.MultiprocessingOptions(num_workers=config.data.num_workers)
+        ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
+    return iter(ds)
+
+
+def probe_images(config: ml_collections.ConfigDict, sampler: PatchSampler) -> np.ndarray:
+    """The fixed monitoring set: uint8 [num_patches, G, G, 3] tissue patches, resized to the global
+    crop size, drawn from a seed stream disjoint from training (same seed -> same set)."""
+    size = config.crops.global_size
+    images = []
+    for i in range(config.monitor.num_patches):
+        rng = np.random.default_rng([config.seed + PROBE_SEED_OFFSET, i])
+        image = sampler(rng)["image"]
+        if image.shape[0] != size:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        images.append(image)
+    return np.stack(images)

@@ -1,0 +1,94 @@
+"""Command line: `python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR`.
+
+Flag parsing and dispatch only. Config values are overridden with `--config.key=value`; an
+unknown key or an invalid value stops with one message and exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from pathfm.errors import PathfmError
+
+USAGE = "usage: python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR"
+
+
+def _define_flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "experiment config file", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string(
+        "workdir", None, "directory for checkpoints, logs and metrics", flag_values=fv
+    )
+    return fv
+
+
+def fail(message: str) -> None:
+    """Print one clear error and exit with code 2."""
+    print(f"pathfm: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv: list[str]):
+    """(config, workdir) from the command line; exits 2 with a clear message on bad input."""
+    fv = _define_flags()
+    config_path = next(
+        (a.split("=", 1)[1] if "=" in a else None for a in argv if a.startswith("--config=")), None
+    )
+    if config_path is None and "--config" in argv[1:]:
+        i = argv.index("--config")
+        config_path = argv[i + 1] if i + 1 < len(argv) else None
+    if config_path is None:
+        fail(f"--config is required\n{USAGE}")
+    config_file = config_path.split(":", 1)[0]
+    if not os.path.isfile(config_file):
+        fail(
+            f"config file {config_file!r} does not exist; pass a file from configs/, e.g. "
+            "--config configs/quickstart.py"
+        )
+    try:
+        fv(argv)
+        config = fv.config
+    except Exception as e:  # absl/ml_collections raise several types; all mean a bad flag
+        message = str(e).replace("\n", " ").strip()
+        fail(f"bad command line: {message}\n{USAGE}")
+    if not fv.workdir:
+        fail(f"--workdir is required\n{USAGE}")
+    return config, fv.workdir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    config, workdir = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import jax
+
+    from pathfm.config import validate
+
+    try:
+        validate(config, num_devices=jax.device_count())
+        if config.data.slides:
+            from pathfm.data.slides import find_slides
+
+            find_slides(config.data.slides)  # a missing folder or file stops before any write
+        if config.mode == "pretrain":
+            from pathfm.train.loop import train
+
+            os.makedirs(workdir, exist_ok=True)
+            train(config, workdir)
+    except PathfmError as e:
+        fail(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

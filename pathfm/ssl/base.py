@@ -1,0 +1,57 @@
+"""The interface every self-supervised method implements, so the loop never branches on method.
+
+A method splits its state into `params` (trained by the optimiser: the student) and `extra`
+(everything else that evolves: EMA teacher, centers). All functions are pure and jittable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Batch = dict[str, jax.Array]
+
+
+class Method(Protocol):
+    """What the training loop, checkpointing, monitoring and export need from a method."""
+
+    name: str
+    batch_keys: tuple[str, ...]  # the arrays a batch must hold, each [B, ...]
+
+    def init(self, rng: jax.Array) -> tuple[Params, Params]:
+        """Fresh (params, extra)."""
+
+    def loss(
+        self, params: Params, extra: Params, batch: Batch, rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """(scalar loss, aux) where aux['metrics'] holds scalars to log."""
+
+    def update_extra(self, extra: Params, params: Params, aux: dict, step: jax.Array) -> Params:
+        """The non-trained state after the optimiser step (EMA teacher, centers)."""
+
+    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
+        """Frozen-feature embedding [B, D] of uint8 images [B, H, W, 3] (for monitors)."""
+
+    def frozen_rule(self) -> tuple[str | None, int]:
+        """(regex over parameter paths, steps) of parameters that get no update at first."""
+
+
+def normalize_images(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:
+    """uint8 [..., 3] -> (x/255 - mean) / std in `dtype`, computed in float32."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x.astype(dtype)
+
+
+def crop_major(crops: jax.Array) -> jax.Array:
+    """[B, V, H, W, C] per-sample crops -> [V*B, H, W, C] in crop-major order."""
+    batch, views = crops.shape[:2]
+    return jnp.swapaxes(crops, 0, 1).reshape(views * batch, *crops.shape[2:])
+
+
+def ema(teacher: Params, student: Params, momentum: jax.Array) -> Params:
+    """teacher = m * teacher + (1 - m) * student, leaf by leaf."""
+    return jax.tree.map(lambda t, s: t * momentum + (1.0 - momentum) * s, teacher, student)

@@ -1,0 +1,115 @@
+"""DINO (v1): self-distillation with an EMA teacher, multi-crop, centering and sharpening.
+
+Follows facebookresearch/dino main_dino.py (REFERENCE section 2). Batches hold uint8 crops
+`global_crops` [B, 2, G, G, 3] and `local_crops` [B, n_local, L, L, 3]; normalisation happens here,
+on the accelerator.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pathfm.models.heads import DINOHead
+from pathfm.models.vit import VisionTransformer, vit_config
+from pathfm.ssl.base import Batch, Params, crop_major, ema, normalize_images
+from pathfm.ssl.dino_loss import dino_loss, update_center
+from pathfm.train.schedules import cosine_schedule, epoch_linear_warmup
+
+
+def build_backbone(model: ml_collections.ConfigDict, drop_path_rate: float) -> VisionTransformer:
+    """The ViT described by `config.model` (size name plus optional explicit dimensions)."""
+    overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
+    cfg = vit_config(
+        model.size,
+        model.patch_size,
+        img_size=model.img_size,
+        mlp_ratio=model.mlp_ratio,
+        drop_path_rate=drop_path_rate,
+        dtype=model.dtype,
+        **overrides,
+    )
+    return VisionTransformer(cfg)
+
+
+class Dino:
+    """DINO as a `pathfm.ssl.base.Method`."""
+
+    name = "dino"
+    batch_keys = ("global_crops", "local_crops")
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        d = config.dino
+        self.student = build_backbone(config.model, config.model.drop_path_rate)
+        self.teacher = build_backbone(config.model, 0.0)  # the teacher has no drop-path
+        self.head = DINOHead(
+            d.out_dim,
+            d.hidden_dim,
+            d.bottleneck_dim,
+            d.nlayers,
+            d.norm_last_layer,
+            dtype=config.model.dtype,
+        )
+        total = config.epochs * config.steps_per_epoch
+        self.teacher_temp = epoch_linear_warmup(
+            d.warmup_teacher_temp,
+            d.teacher_temp,
+            d.warmup_teacher_temp_epochs,
+            config.steps_per_epoch,
+        )
+        self.momentum = cosine_schedule(d.momentum_teacher, 1.0, total)
+        self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    def init(self, rng: jax.Array) -> tuple[Params, Params]:
+        size = self.config.model.img_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        backbone = self.student.init({"params": rng}, images)["params"]
+        embed_dim = self.student.config.embed_dim
+        head = self.head.init(jax.random.fold_in(rng, 1), jnp.zeros((1, embed_dim)))["params"]
+        params = {"backbone": backbone, "head": head}
+        center = jnp.zeros((1, self.config.dino.out_dim), jnp.float32)
+        return params, {"teacher": jax.tree.map(jnp.copy, params), "center": center}
+
+    def _forward(self, backbone_module, params, images, rng=None):
+        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
+        train = rng is not None
+        rngs = {"dropout": rng} if train else {}
+        cls, _ = backbone_module.apply({"params": params["backbone"]}, x, train=train, rngs=rngs)
+        return cls
+
+    def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
+        d = self.config.dino
+        global_crops = crop_major(batch["global_crops"])  # [2B, G, G, 3]
+        local_crops = crop_major(batch["local_crops"])  # [nB, L, L, 3]
+        teacher_cls = self._forward(self.teacher, extra["teacher"], global_crops)
+        teacher_out = jax.lax.stop_gradient(
+            self.head.apply({"params": extra["teacher"]["head"]}, teacher_cls)
+        )
+        student_cls = [
+            self._forward(self.student, params, global_crops, jax.random.fold_in(rng, 0))
+        ]
+        if local_crops.shape[0]:
+            student_cls.append(
+                self._forward(self.student, params, local_crops, jax.random.fold_in(rng, 1))
+            )
+        student_out = self.head.apply({"params": params["head"]}, jnp.concatenate(student_cls))
+        temp = self.teacher_temp(step)
+        loss = dino_loss(student_out, teacher_out, extra["center"], temp, d.student_temp)
+        metrics = {"teacher_temp": temp, "momentum": self.momentum(step)}
+        return loss, {"metrics": metrics, "teacher_out": teacher_out}
+
+    def update_extra(self, extra: Params, params: Params, aux: dict, step) -> Params:
+        teacher = ema(extra["teacher"], params, self.momentum(step))
+        center = update_center(
+            extra["center"], aux["teacher_out"], self.config.dino.center_momentum
+        )
+        return {"teacher": teacher, "center": center}
+
+    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
+        return self._forward(self.teacher, extra["teacher"], images)
+
+    def frozen_rule(self) -> tuple[str | None, int]:
+        steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
+        return r"^head/last_layer/", steps
