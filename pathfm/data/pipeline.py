@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import cv2
+from absl import flags
 import grain
 import ml_collections
 import numpy as np
@@ -89,15 +90,25 @@ def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
     )
 
 
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample `index` of the global stream: a pure function of (seed, index)."""
+    return np.random.default_rng([seed, index])
+
+
 @dataclasses.dataclass
 class SampleAndCrop:
-    """grain random map: rng -> one training example (multi-crop views plus provenance)."""
+    """grain map: global sample index -> one training example (multi-crop views, provenance).
+
+    The generator is derived from the GLOBAL index, not from grain's per-dataset position, so the
+    hosts' slices of the stream hold different samples and their union is the 1-host stream.
+    """
 
     sampler: PatchSampler
     multicrop: DinoMultiCrop
+    seed: int
 
-    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        del index  # the rng grain derives from (seed, index) carries all the randomness
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        rng = sample_rng(self.seed, int(index))
         patch = self.sampler(rng)
         views = self.multicrop(patch.pop("image"), rng)
         return {**views, **patch}
@@ -118,11 +129,11 @@ def build_train_iterator(
     """This host's batches of `batch_size / process_count` examples: a checkpointable iterator."""
     local_batch = config.batch_size // process_count
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
-    ds = ds.random_map(
-        SampleAndCrop(sampler, DinoMultiCrop(multicrop_config(config))), seed=config.seed
-    )
+    ds = ds.map(SampleAndCrop(sampler, DinoMultiCrop(multicrop_config(config)), config.seed))
     ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
     if config.data.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags
+            flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=config.data.num_workers)
         ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
     return iter(ds)
@@ -134,7 +145,7 @@ def probe_images(config: ml_collections.ConfigDict, sampler: PatchSampler) -> np
     size = config.crops.global_size
     images = []
     for i in range(config.monitor.num_patches):
-        rng = np.random.default_rng([config.seed + PROBE_SEED_OFFSET, i])
+        rng = sample_rng(config.seed + PROBE_SEED_OFFSET, i)
         image = sampler(rng)["image"]
         if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
