@@ -12,6 +12,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     if arg == "quick":
         c.epochs, c.steps_per_epoch, c.batch_size = 2, 2, 8
+        c.optim.warmup_epochs = 1
         c.model.img_size, c.crops.global_size, c.crops.local_size, c.crops.n_local = 64, 64, 32, 2
         c.data.patch_size, c.data.synthetic_size = 96, 2048
         c.dino.out_dim, c.dino.hidden_dim, c.dino.bottleneck_dim = 1024, 256, 64
