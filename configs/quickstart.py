@@ -6,8 +6,8 @@ The optimiser, temperatures, momentum and augmentations are the reference DINO r
 (pathfm.config.base_config); only sizes shrink: a 4-block 64-wide ViT with 8 px patches on 48 px
 global / 24 px local crops, a 1024-prototype head, batch 32, and pseudo-epochs of 30 steps so the
 lr warm-up and the freezing of the last layer happen within the run. (Raising the lr or cutting
-the prototypes to 256 made this tiny model collapse: RankMe fell from 6.5 to 4-5.) Point `--config.data.slides` at a folder of your own slides to try it
-on real data.
+the prototypes to 256 made this tiny model collapse: RankMe fell from 6.5 to 4-5.)
+Point `--config.data.slides` at a folder of your own slides to try it on real data.
 """
 
 from pathfm.config import base_config
