@@ -12,10 +12,10 @@ import dataclasses
 from pathlib import Path
 
 import cv2
-from absl import flags
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
 from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
 from pathfm.data.sampler import PatchSampler, SlideIndex

@@ -22,7 +22,6 @@ from tqdm import tqdm
 from pathfm import parallel
 from pathfm.data import pipeline
 from pathfm.evaluation.monitors import monitor_metrics
-from pathfm.ssl.base import Method
 from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.metrics_log import MetricsLog
@@ -32,9 +31,10 @@ from pathfm.train.state import abstract_state, create_state, jit_train_step, mak
 log = logging.getLogger("pathfm")
 
 
-def embed_probe_set(method: Method, state, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
-    """Frozen-feature embeddings [N, D] of the probe images, batch by batch on the mesh."""
-    embed = jax.jit(method.embed)
+def embed_probe_set(embed, state, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+    """Frozen-feature embeddings [N, D] of the probe images, batch by batch on the mesh.
+
+    `embed` is the method's jitted `embed(params, extra, images)`."""
     n_dev = mesh.devices.size
     out = []
     for start in range(0, len(images), batch_size):
@@ -99,6 +99,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     train_step = jit_train_step(
         make_train_step(method, optimizer, schedules), state, mesh, method.batch_keys
     )
+    embed = jax.jit(method.embed)  # jitted once: a bound method is a new object on every access
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -132,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
             bar.set_postfix(loss=f"{float(record['loss']):.4f}")
         if probe is not None and (done % config.monitor.every_steps == 0 or done == total_steps):
-            z = embed_probe_set(method, state, probe, config.monitor.batch_size, mesh)
+            z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
             record.update(monitor_metrics(jnp.asarray(z)))
         if record:
             metrics_log.write(done, record)

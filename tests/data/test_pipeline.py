@@ -41,7 +41,9 @@ def test_same_seed_same_stream_other_seed_other_stream(setup):
     other = config.copy_and_resolve_references()
     other.seed = 1
     z = next(pipeline.build_train_iterator(other, sampler))
-    assert not np.array_equal(_where(z), _where(next(pipeline.build_train_iterator(config, sampler))))
+    assert not np.array_equal(
+        _where(z), _where(next(pipeline.build_train_iterator(config, sampler)))
+    )
 
 
 def test_per_host_shards_are_disjoint_and_complete(setup):
