@@ -1,4 +1,7 @@
-"""Whole slide images via OpenSlide: discovery, resolution (mpp), level choice, patch reading."""
+"""Whole slide images via OpenSlide: discovery, resolution (mpp), level choice, patch reading.
+
+JPEG-tiled TIFF / Aperio SVS slides are read by :class:`TiffJpegSlide` (no cairo) when eligible.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import cv2
 import numpy as np
 import openslide
 
+from pathfm.data.tiff_reader import TiffJpegSlide, TileCache
 from pathfm.errors import DataError
 
 SLIDE_EXTENSIONS = (
@@ -31,6 +35,8 @@ SLIDE_EXTENSIONS = (
 )
 MPP_RANGE = (0.05, 20.0)  # plausible um/px
 LEVEL_TOLERANCE = 0.05  # a level within 5% of the target mpp counts as matching it
+
+Slide = openslide.AbstractSlide | TiffJpegSlide  # what SlideHandles.get returns
 
 _SOURCE_HINT = (
     "pass a directory of slides, a glob pattern (e.g. 'slides/*.svs') "
@@ -149,7 +155,7 @@ def slide_mpp(properties: Mapping[str, str]) -> float | None:
     return None
 
 
-def level_mpps(slide: openslide.AbstractSlide, base_mpp: float) -> list[float]:
+def level_mpps(slide: Slide, base_mpp: float) -> list[float]:
     """um/px of each pyramid level: base_mpp * level downsample."""
     return [base_mpp * float(d) for d in slide.level_downsamples]
 
@@ -179,10 +185,11 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def read_rgb(
-    slide: openslide.AbstractSlide, xy: tuple[int, int], level: int, wh: tuple[int, int]
-) -> np.ndarray:
+def read_rgb(slide: Slide, xy: tuple[int, int], level: int, wh: tuple[int, int]) -> np.ndarray:
     """uint8 [h, w, 3] region at `level`, top-left `xy` in level-0 px, composited on white."""
+    fast = getattr(slide, "read_rgb", None)  # TiffJpegSlide: decoded tiles, already RGB
+    if fast is not None:
+        return fast(xy, level, wh)
     region = slide.read_region((int(xy[0]), int(xy[1])), level, (int(wh[0]), int(wh[1])))
     return composite_on_white(np.asarray(region))
 
@@ -213,7 +220,7 @@ def patch_window(
 
 
 def read_patch(
-    slide: openslide.AbstractSlide,
+    slide: Slide,
     center_xy: tuple[float, float],
     size: int,
     target_mpp: float,
@@ -227,38 +234,64 @@ def read_patch(
 
 
 class SlideHandles:
-    """Per-process LRU of open OpenSlide handles sharing one OpenSlideCache; pickles empty."""
+    """Per-process LRU of open slides (TiffJpegSlide when eligible, else OpenSlide); pickles empty.
 
-    def __init__(self, max_open: int = 64, cache_bytes: int = 256 << 20):
-        """Keep at most `max_open` slides open; tiles are cached in `cache_bytes` shared bytes."""
+    Handles of each kind share one tile cache of `cache_bytes` (OpenSlideCache / TileCache).
+    """
+
+    def __init__(self, max_open: int = 64, cache_bytes: int = 256 << 20, fast_tiff: bool = True):
+        """Keep at most `max_open` slides open; `fast_tiff` reads JPEG-tiled TIFFs without cairo."""
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.max_open = int(max_open)
         self.cache_bytes = int(cache_bytes)
+        self.fast_tiff = bool(fast_tiff)
         self._reset()
 
     def _reset(self) -> None:
-        """Start with no open slides and a fresh cache owned by this process."""
+        """Start with no open slides and no caches (made on first use) owned by this process."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._open: collections.OrderedDict[str, openslide.OpenSlide] = collections.OrderedDict()
-        self._cache = openslide.OpenSlideCache(self.cache_bytes) if self.cache_bytes > 0 else None
+        self._open: collections.OrderedDict[str, Slide] = collections.OrderedDict()
+        self._cache: openslide.OpenSlideCache | None = None
+        self._tile_cache: TileCache | None = None
 
     def __getstate__(self) -> dict:
-        """Only the settings travel; handles and cache are reopened lazily in the new process."""
-        return {"max_open": self.max_open, "cache_bytes": self.cache_bytes}
+        """Only the settings travel; handles and caches are reopened lazily in the new process."""
+        return {
+            "max_open": self.max_open,
+            "cache_bytes": self.cache_bytes,
+            "fast_tiff": self.fast_tiff,
+        }
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild an empty LRU with the pickled settings."""
         self.max_open = state["max_open"]
         self.cache_bytes = state["cache_bytes"]
+        self.fast_tiff = state.get("fast_tiff", True)
         self._reset()
 
     def __len__(self) -> int:
         """Number of open handles."""
         return len(self._open)
 
-    def get(self, path: str) -> openslide.OpenSlide:
+    def _open_slide(self, path: str) -> Slide:
+        """A new handle for `path`, attached to this process's cache of its kind."""
+        slide = TiffJpegSlide.open(path) if self.fast_tiff else None
+        with self._lock:
+            if self.cache_bytes > 0 and slide is not None and self._tile_cache is None:
+                self._tile_cache = TileCache(self.cache_bytes)
+            if self.cache_bytes > 0 and slide is None and self._cache is None:
+                self._cache = openslide.OpenSlideCache(self.cache_bytes)
+        if slide is not None:
+            slide.set_cache(self._tile_cache)
+            return slide
+        slide = openslide.OpenSlide(path)
+        if self._cache is not None:
+            slide.set_cache(self._cache)
+        return slide
+
+    def get(self, path: str) -> Slide:
         """The open handle for `path`; opens it (dropping the least recently used) if needed."""
         if os.getpid() != self._pid:  # forked: never share file handles with the parent
             self._reset()
@@ -267,9 +300,7 @@ class SlideHandles:
             if slide is not None:
                 self._open.move_to_end(path)
                 return slide
-        slide = openslide.OpenSlide(path)
-        if self._cache is not None:
-            slide.set_cache(self._cache)
+        slide = self._open_slide(path)
         with self._lock:
             self._open[path] = slide
             while len(self._open) > self.max_open:
