@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import dataclasses
 import logging
-import math
 import os
+import threading
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import openslide
 
+from pathfm.data import mask_cache
 from pathfm.data import slides as slides_lib
 from pathfm.data import tissue as tissue_lib
+from pathfm.data.mask_cache import SlideInfo
 from pathfm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -22,27 +24,38 @@ logger = logging.getLogger(__name__)
 # What reading a bad slide raises: OpenSlide errors, I/O errors, bad values, failed decodes.
 READ_ERRORS = (openslide.OpenSlideError, OSError, ValueError, cv2.error)
 _MAX_LISTED = 20
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SlideInfo:
-    """A usable slide: level-0 size and um/px, per-level um/px, tissue mask bool [h, w]."""
-
-    path: str
-    mpp: float
-    width: int
-    height: int
-    level_mpps: tuple[float, ...]
-    mask: np.ndarray
-    mask_mpp: float
+SLIDE_WEIGHTINGS = ("uniform", "tissue_area")
+_BUDGET_STREAM = 0x9A7C4B  # salts the pool's seed stream apart from the samples' [seed, index]
 
 
 def _inspect(
-    record: slides_lib.SlideRecord, tissue: tissue_lib.TissueConfig, max_mpp: float | None
+    record: slides_lib.SlideRecord,
+    tissue: tissue_lib.TissueConfig,
+    max_mpp: float | None,
+    cache_dir: str | None = None,
 ) -> SlideInfo | str:
-    """The SlideInfo of a slide, or the reason it cannot be used."""
+    """The SlideInfo of a slide (from the mask cache if there), or the reason it is unusable."""
     if not os.path.isfile(record.path):
         return "file not found; check the path (or remove it from the manifest)"
+    if cache_dir is None:
+        return _open_and_mask(record, tissue, max_mpp)
+    try:
+        key = mask_cache.cache_key(record.path, record.mpp_override, tissue)
+    except OSError as e:
+        return f"unreadable ({type(e).__name__}: {e}); check the file"
+    cached = mask_cache.load(cache_dir, key, record.path)
+    if cached is not None:
+        return _mpp_problem(cached.mpp, max_mpp) or cached
+    result = _open_and_mask(record, tissue, max_mpp)
+    if isinstance(result, SlideInfo):
+        mask_cache.store(cache_dir, key, result)
+    return result
+
+
+def _open_and_mask(
+    record: slides_lib.SlideRecord, tissue: tissue_lib.TissueConfig, max_mpp: float | None
+) -> SlideInfo | str:
+    """Open a slide, check its mpp and compute its tissue mask from a thumbnail."""
     try:
         with openslide.OpenSlide(record.path) as slide:
             mpp = record.mpp_override
@@ -110,11 +123,15 @@ class SlideIndex:
         max_mpp_for_training: float | None = None,
         on_bad_slide: str = "skip",
         num_threads: int = 1,
+        cache_dir: str | None = None,
+        max_bad_fraction: float = 1.0,
     ) -> SlideIndex:
-        """Open every slide, resolve its mpp and tissue mask; skip (or raise on) bad ones."""
+        """Resolve mpps and masks (cached in cache_dir); skip bad slides up to max_bad_fraction."""
         if on_bad_slide not in ("skip", "error"):
             raise ConfigError(f"on_bad_slide must be 'skip' or 'error', got {on_bad_slide!r}")
-        inspect = lambda r: _inspect(r, tissue, max_mpp_for_training)
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ConfigError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        inspect = lambda r: _inspect(r, tissue, max_mpp_for_training, cache_dir)
         slides, rejected = [], []
         with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
             results = map(inspect, records) if num_threads <= 1 else pool.map(inspect, records)
@@ -132,33 +149,18 @@ class SlideIndex:
                 f"None of the {len(records)} slide(s) is usable; fix or replace them:\n"
                 + _reasons(rejected)
             )
+        if len(rejected) > max_bad_fraction * len(records):
+            raise DataError(
+                f"{len(rejected)} of {len(records)} slides are unusable, more than "
+                f"max_bad_fraction={max_bad_fraction:g} allows; fix or remove them (or raise "
+                "max_bad_fraction):\n" + _reasons(rejected)
+            )
         return cls(slides, rejected)
 
 
-def _overlap(a0: float, a1: float, n: int) -> tuple[int, int, np.ndarray]:
-    """Cells [lo, hi) of a length-n axis overlapping [a0, a1), and each one's overlap length."""
-    lo, hi = max(0, math.floor(a0)), min(n, math.ceil(a1))
-    cells = np.arange(lo, hi, dtype=np.float64)
-    weights = np.minimum(cells + 1, a1) - np.maximum(cells, a0)
-    return lo, hi, np.clip(weights, 0.0, None)
-
-
 def tissue_fraction(info: SlideInfo, x0: float, y0: float, extent: float) -> float:
-    """Area fraction of the level-0 square [x0, x0+extent)^2 that the mask calls tissue."""
-    mask_h, mask_w = info.mask.shape
-    sx, sy = info.width / mask_w, info.height / mask_h
-    xlo, xhi, wx = _overlap(x0 / sx, (x0 + extent) / sx, mask_w)
-    ylo, yhi, wy = _overlap(y0 / sy, (y0 + extent) / sy, mask_h)
-    if xlo >= xhi or ylo >= yhi:
-        return 0.0
-    covered = wy @ info.mask[ylo:yhi, xlo:xhi].astype(np.float64) @ wx
-    return float(covered / ((extent / sx) * (extent / sy)))
-
-
-def _flat_tissue(mask: np.ndarray) -> np.ndarray:
-    """Flat indices of the True pixels of a bool [h, w] mask (int32 when they fit)."""
-    dtype = np.int32 if mask.size < 2**31 else np.int64
-    return np.flatnonzero(mask).astype(dtype)
+    """Area fraction of the level-0 square [x0, x0+extent)^2 that the slide's mask calls tissue."""
+    return tissue_lib.mask_fraction(info.mask, info.width, info.height, x0, y0, extent)
 
 
 class PatchSampler:
@@ -174,8 +176,17 @@ class PatchSampler:
         max_tries: int = 16,
         max_open: int = 64,
         cache_bytes: int = 256 << 20,
+        slide_weighting: str = "uniform",
+        patch_budget: int = 0,
+        budget_seed: int = 0,
+        budget_cache_items: int | None = None,
     ):
         """Sample patch_size px patches at um/px drawn from `mpps` (with `mpp_weights`)."""
+        # slide_weighting: 'uniform' or 'tissue_area' (slide probability proportional to um^2 of
+        # tissue). patch_budget N > 0: draw uniformly from a fixed pool of N locations; location k
+        # is a pure function of (index, settings, budget_seed, k), so every process and host has
+        # the same pool. Each process keeps budget_cache_items (default min(N, 4096)) decoded
+        # pool patches in an LRU.
         if patch_size < 1 or not mpps or min(mpps) <= 0 or max_tries < 1:
             raise ConfigError(
                 f"need patch_size >= 1, positive mpps and max_tries >= 1; got patch_size="
@@ -186,6 +197,11 @@ class PatchSampler:
             raise ConfigError(
                 f"mpp_weights {mpp_weights} must be {len(mpps)} weights >= 0, sum > 0"
             )
+        if slide_weighting not in SLIDE_WEIGHTINGS or patch_budget < 0:
+            raise ConfigError(
+                f"need slide_weighting in {SLIDE_WEIGHTINGS} and patch_budget >= 0 (0 = unlimited);"
+                f" got {slide_weighting!r} and {patch_budget}"
+            )
         self.index = index
         self.patch_size = int(patch_size)
         self.mpps = tuple(float(m) for m in mpps)
@@ -194,9 +210,27 @@ class PatchSampler:
         self.max_tries = int(max_tries)
         self._check_resolutions()
         # Flat indices of tissue mask pixels per slide, so drawing a tissue pixel is O(1).
-        self._tissue = [_flat_tissue(s.mask) for s in index.slides]
+        self._tissue = [tissue_lib.tissue_pixels(s.mask) for s in index.slides]
+        self.slide_weighting = slide_weighting
+        areas = np.array(
+            [len(t) * s.mask_mpp**2 for t, s in zip(self._tissue, index.slides, strict=True)]
+        )
+        self.tissue_areas = areas  # um^2 of tissue per slide
+        probs = areas if slide_weighting == "tissue_area" else np.ones(len(areas))
+        self.slide_probs = probs / probs.sum()
+        self._cum_slides = None if slide_weighting == "uniform" else np.cumsum(self.slide_probs)
+        self.patch_budget = int(patch_budget)
+        self.budget_seed = int(budget_seed)
+        items = min(self.patch_budget, 4096) if budget_cache_items is None else budget_cache_items
+        self.budget_cache_items = max(0, int(items))
         self._handles_args = (max_open, cache_bytes)
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        """Empty per-process state: slide handles and the LRU of decoded pool patches."""
         self._handles: slides_lib.SlideHandles | None = None
+        self._patches: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def _check_resolutions(self) -> None:
         """Every slide must provide the finest requested mpp without upscaling."""
@@ -215,10 +249,14 @@ class PatchSampler:
             )
 
     def __getstate__(self) -> dict:
-        """Pickle without open slide handles (they are reopened lazily in each process)."""
-        state = self.__dict__.copy()
-        state["_handles"] = None
-        return state
+        """Pickle without per-process state (handles, patch LRU, lock)."""
+        skip = ("_handles", "_patches", "_lock")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore the settings and start with empty per-process state."""
+        self.__dict__.update(state)
+        self._reset_process_state()
 
     @property
     def handles(self) -> slides_lib.SlideHandles:
@@ -227,9 +265,13 @@ class PatchSampler:
             self._handles = slides_lib.SlideHandles(*self._handles_args)
         return self._handles
 
-    def _draw(self, rng: np.random.Generator) -> tuple[int, float, tuple[float, float]]:
-        """(slide index, mpp, level-0 centre) of a patch that is mostly tissue if possible."""
-        slide = int(rng.integers(len(self.index.slides)))
+    def _draw(self, rng: np.random.Generator) -> tuple[int, float, tuple[float, float], float]:
+        """(slide, mpp, level-0 centre, tissue fraction) of a patch, mostly tissue if possible."""
+        if self._cum_slides is None:
+            slide = int(rng.integers(len(self.index.slides)))
+        else:
+            slide = int(np.searchsorted(self._cum_slides, rng.random(), side="right"))
+            slide = min(slide, len(self.index.slides) - 1)
         choice = int(np.searchsorted(self._cum_weights, rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
         info, tissue = self.index.slides[slide], self._tissue[slide]
@@ -242,18 +284,53 @@ class PatchSampler:
             frac = tissue_fraction(info, cx - extent / 2, cy - extent / 2, extent)
             if frac >= self.min_tissue_fraction:
                 break
-        return slide, mpp, (cx, cy)
+        return slide, mpp, (cx, cy), frac
+
+    def budget_location(self, k: int) -> tuple[int, float, tuple[float, float], float]:
+        """Pool entry k (slide, mpp, centre, tissue): recomputed from (budget_seed, k) each time."""
+        return self._draw(np.random.default_rng([_BUDGET_STREAM, self.budget_seed, k]))
+
+    def budget_pool(self) -> list[tuple[int, float, int, int]]:
+        """(slide, mpp, level-0 x, y) of every pool location (empty without a budget)."""
+        pool = []
+        for k in range(self.patch_budget):
+            slide, mpp, center, _ = self.budget_location(k)
+            level_mpps = self.index.slides[slide].level_mpps
+            _, x0, y0, _ = slides_lib.patch_window(level_mpps, center, self.patch_size, mpp)
+            pool.append((slide, mpp, x0, y0))
+        return pool
+
+    def _read(
+        self, info: SlideInfo, mpp: float, center: tuple[float, float], k: int | None
+    ) -> np.ndarray:
+        """The uint8 [P, P, 3] patch; pool entry k's comes from (and goes to) the patch LRU."""
+        lru = k is not None and self.budget_cache_items > 0
+        with self._lock:
+            image = self._patches.get(k) if lru else None
+            if image is not None:
+                self._patches.move_to_end(k)
+                return image.copy()  # callers may modify their patch in place
+        image = slides_lib.read_patch(
+            self.handles.get(info.path), center, self.patch_size, mpp, info.mpp
+        )
+        if lru:
+            with self._lock:
+                self._patches[k] = image
+                while len(self._patches) > self.budget_cache_items:
+                    self._patches.popitem(last=False)
+            image = image.copy()
+        return image
 
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One sample: image uint8 [P, P, 3], slide, level-0 top-left x/y, mpp, read_errors."""
+        """One sample: image uint8 [P, P, 3], slide, level-0 x/y, mpp, tissue, read_errors."""
         errors = 0
         while True:
-            slide, mpp, center = self._draw(rng)
+            k = int(rng.integers(self.patch_budget)) if self.patch_budget else None
+            slide, mpp, center, frac = self._draw(rng) if k is None else self.budget_location(k)
             info = self.index.slides[slide]
             _, x0, y0, _ = slides_lib.patch_window(info.level_mpps, center, self.patch_size, mpp)
             try:
-                handle = self.handles.get(info.path)
-                image = slides_lib.read_patch(handle, center, self.patch_size, mpp, info.mpp)
+                image = self._read(info, mpp, center, k)
             except READ_ERRORS as e:
                 errors += 1
                 self.handles.discard(info.path)
@@ -272,5 +349,6 @@ class PatchSampler:
                 "x": np.int32(x0),
                 "y": np.int32(y0),
                 "mpp": np.float32(mpp),
+                "tissue": np.float32(frac),
                 "read_errors": np.int32(errors),
             }

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import numpy as np
 import openslide
 
 from pathfm.data import slides as slides_lib
+from pathfm.errors import ConfigError
 
 WHITE_LEVEL = 220  # a pixel with every channel >= this is background (glass)
 BLACK_LEVEL = 30  # a pixel with every channel <= this is background (black borders, pen, holes)
@@ -19,7 +22,20 @@ _STRIP_PIXELS = 1 << 24  # read thumbnails in strips of at most this many level 
 
 @dataclasses.dataclass(frozen=True)
 class TissueConfig:
-    """Tissue detection on a thumbnail at `mask_mpp` um/px; patches need `min_tissue_fraction`."""
+    """Tissue detection on a thumbnail at `mask_mpp` um/px; patches need `min_tissue_fraction`.
+
+    A thumbnail pixel is tissue when its (median-blurred) HSV saturation exceeds the threshold and
+    it is neither near-white (glass) nor near-black; small holes are then closed. Defaults:
+    - mask_mpp 8.0: thumbnail resolution in um/px (~1.25x magnification).
+    - saturation_threshold 20 (of 255) with min_tissue_fraction 0.35: eva's tissue rule.
+    - use_otsu False: True thresholds at Otsu's level of the blurred saturation (CLAM's
+      use_otsu), floored at OTSU_FLOOR = 8; CLAM's fixed-threshold preset is
+      saturation_threshold=8 with median_blur 7 and a close.
+    - median_blur 7 (CLAM's mthresh) and close_kernel 5 (an elliptic morphological close; CLAM's
+      preset closes with a 4x4 square); 0 or 1 disables either.
+    - min_tissue_fraction: area fraction of a patch footprint that the mask must call tissue.
+    Every field but min_tissue_fraction changes the mask (and the mask cache key).
+    """
 
     mask_mpp: float = 8.0
     saturation_threshold: int = 20
@@ -27,6 +43,43 @@ class TissueConfig:
     median_blur: int = 7
     close_kernel: int = 5
     min_tissue_fraction: float = 0.35
+
+    def __post_init__(self) -> None:
+        """Reject values that would silently give an empty or a full mask."""
+        problems = []
+        if not (math.isfinite(self.mask_mpp) and self.mask_mpp > 0):
+            problems.append(f"mask_mpp must be > 0 um/px, got {self.mask_mpp}")
+        if not 0 <= self.saturation_threshold <= 255:
+            problems.append(
+                f"saturation_threshold must be in 0..255, got {self.saturation_threshold}"
+            )
+        if self.median_blur < 0 or self.close_kernel < 0:
+            problems.append(
+                f"median_blur/close_kernel must be >= 0, got {self.median_blur}/{self.close_kernel}"
+            )
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            problems.append(
+                f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"
+            )
+        if problems:
+            raise ConfigError("Invalid tissue settings: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TissueConfig:
+        """A TissueConfig from the keys of `values` named like its fields (others are ignored)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: values[n] for n in names if n in values})
+
+    def mask_key(self) -> dict[str, Any]:
+        """Everything that determines the mask of a thumbnail (for cache keys)."""
+        return {
+            "mask_mpp": float(self.mask_mpp),
+            "saturation_threshold": int(self.saturation_threshold),
+            "use_otsu": bool(self.use_otsu),
+            "median_blur": int(self.median_blur),
+            "close_kernel": int(self.close_kernel),
+            "levels": (WHITE_LEVEL, BLACK_LEVEL, OTSU_FLOOR),
+        }
 
 
 def _odd(k: int) -> int:
@@ -83,3 +136,31 @@ def read_thumbnail(
         strip = slides_lib.read_rgb(slide, (0, y0), level, (level_w, max(1, s1 - s0)))
         thumb[r0:r1] = slides_lib.resize(strip, out_w, r1 - r0)
     return thumb, base_mpp * width0 / out_w
+
+
+def _overlap(a0: float, a1: float, n: int) -> tuple[int, int, np.ndarray]:
+    """Cells [lo, hi) of a length-n axis overlapping [a0, a1), and each one's overlap length."""
+    lo, hi = max(0, math.floor(a0)), min(n, math.ceil(a1))
+    cells = np.arange(lo, hi, dtype=np.float64)
+    weights = np.minimum(cells + 1, a1) - np.maximum(cells, a0)
+    return lo, hi, np.clip(weights, 0.0, None)
+
+
+def mask_fraction(
+    mask: np.ndarray, width: int, height: int, x0: float, y0: float, extent: float
+) -> float:
+    """Area fraction of the level-0 square [x0, x0+extent)^2 that a slide-wide mask calls tissue."""
+    mask_h, mask_w = mask.shape
+    sx, sy = width / mask_w, height / mask_h
+    xlo, xhi, wx = _overlap(x0 / sx, (x0 + extent) / sx, mask_w)
+    ylo, yhi, wy = _overlap(y0 / sy, (y0 + extent) / sy, mask_h)
+    if xlo >= xhi or ylo >= yhi:
+        return 0.0
+    covered = wy @ mask[ylo:yhi, xlo:xhi].astype(np.float64) @ wx
+    return float(covered / ((extent / sx) * (extent / sy)))
+
+
+def tissue_pixels(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the True pixels of a bool [h, w] mask (int32 when they fit)."""
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    return np.flatnonzero(mask).astype(dtype)

@@ -136,8 +136,11 @@ def test_sampler_output_and_determinism(index):
     out = a[0]
     assert out["image"].shape == (96, 96, 3) and out["image"].dtype == np.uint8
     expected = {"slide": np.int32, "x": np.int32, "y": np.int32, "mpp": np.float32}
-    for key, dtype in {**expected, "read_errors": np.int32}.items():
+    expected |= {"tissue": np.float32, "read_errors": np.int32}
+    assert set(out) == {"image", *expected}
+    for key, dtype in expected.items():
         assert out[key].dtype == dtype and out[key].shape == ()
+    assert 0.35 <= float(out["tissue"]) <= 1.0
     rng = np.random.default_rng(8)
     assert not np.array_equal(patch_sampler(rng)["image"], patch_sampler(rng)["image"])
 
@@ -205,3 +208,85 @@ def test_sampler_survives_corrupt_tiles(bad_slides, index):
     draws = [patch_sampler(rng) for _ in range(30)]
     assert sum(int(d["read_errors"]) for d in draws) > 0
     assert all(d["image"].shape == (64, 64, 3) for d in draws)
+
+
+def test_index_max_bad_fraction(bad_slides):
+    records = [slides.SlideRecord(p) for p in (bad_slides["boxes"], bad_slides["small"])]
+    records.append(slides.SlideRecord(str(CMU)))
+    with pytest.raises(DataError, match=r"2 of 3 slides are unusable") as e:
+        sampler.SlideIndex.build(records, CONFIG, max_bad_fraction=0.5)
+    assert "implausible resolution" in str(e.value) and "no tissue" in str(e.value)
+    assert all(r.path in str(e.value) for r in records[:2])
+    assert len(sampler.SlideIndex.build(records, CONFIG, max_bad_fraction=0.7)) == 1
+    with pytest.raises(ConfigError):
+        sampler.SlideIndex.build(records, CONFIG, max_bad_fraction=1.5)
+
+
+@pytest.fixture(scope="module")
+def two_slides(tmp_path_factory) -> sampler.SlideIndex:
+    """The same tissue image at 0.5 and at 1.0 um/px: the second has 4x the tissue area."""
+    folder = tmp_path_factory.mktemp("two")
+    paths = [write_tissue_tiff(folder / f"s{i}.tiff", mpp) for i, mpp in enumerate((0.5, 1.0))]
+    config = tissue.TissueConfig(mask_mpp=2.0)
+    return sampler.SlideIndex.build([slides.SlideRecord(p) for p in paths], config)
+
+
+def test_slide_weighting(two_slides):
+    (a, b), draws = two_slides.slides, 400
+    area = [s.mask.sum() * s.mask_mpp**2 for s in (a, b)]
+    assert area[1] / area[0] == pytest.approx(4.0, rel=0.15)  # 4x the um^2 of tissue
+    for weighting, p_b in (("uniform", 0.5), ("tissue_area", area[1] / sum(area))):
+        patch_sampler = sampler.PatchSampler(two_slides, 16, [1.0], slide_weighting=weighting)
+        assert patch_sampler.slide_probs[1] == pytest.approx(p_b)
+        rng = np.random.default_rng(0)
+        share = np.mean([int(patch_sampler(rng)["slide"]) for _ in range(draws)])
+        assert share == pytest.approx(p_b, abs=4 * np.sqrt(p_b * (1 - p_b) / draws))
+        x, y = (patch_sampler(np.random.default_rng(5)) for _ in range(2))
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+    with pytest.raises(ConfigError):
+        sampler.PatchSampler(two_slides, 16, [1.0], slide_weighting="area")
+
+
+def locations(draws) -> list[tuple]:
+    return [(int(d["slide"]), int(d["x"]), int(d["y"]), float(d["mpp"])) for d in draws]
+
+
+def test_patch_budget_pool(two_slides, monkeypatch):
+    make = lambda **kw: sampler.PatchSampler(two_slides, 16, [1.0, 2.0], patch_budget=5, **kw)
+    patch_sampler = make()
+    pool = patch_sampler.budget_pool()
+    assert len(set(pool)) == 5
+    assert make().budget_pool() == pool
+    assert pickle.loads(pickle.dumps(patch_sampler)).budget_pool() == pool
+    assert make(budget_seed=1).budget_pool() != pool
+    rng = np.random.default_rng(0)
+    draws = [patch_sampler(rng) for _ in range(200)]
+    assert set(locations(draws)) == {(s, x, y, np.float32(m)) for s, m, x, y in pool}
+    assert len(patch_sampler._patches) == 5  # every pool patch decoded once, then cached
+
+    def no_reads(*args):
+        raise AssertionError("slide read for a cached pool patch")
+
+    monkeypatch.setattr(slides, "read_patch", no_reads)
+    again = [patch_sampler(rng) for _ in range(20)]
+    by_location = {loc: d["image"] for loc, d in zip(locations(draws), draws, strict=True)}
+    for loc, d in zip(locations(again), again, strict=True):
+        assert np.array_equal(d["image"], by_location[loc])
+    clone = pickle.loads(pickle.dumps(patch_sampler))
+    assert len(clone._patches) == 0
+    with pytest.raises(AssertionError, match="cached pool patch"):
+        clone(rng)
+
+
+def test_patch_budget_small_cache_and_unlimited(two_slides):
+    patch_sampler = sampler.PatchSampler(
+        two_slides, 16, [1.0], patch_budget=5, budget_cache_items=2
+    )
+    rng = np.random.default_rng(1)
+    draws = [patch_sampler(rng) for _ in range(40)]
+    assert len(patch_sampler._patches) == 2 and len(set(locations(draws))) <= 5
+    unlimited = sampler.PatchSampler(two_slides, 16, [1.0])
+    assert unlimited.budget_pool() == [] and unlimited.budget_cache_items == 0
+    assert len(set(locations(unlimited(rng) for _ in range(40)))) > 30
+    with pytest.raises(ConfigError):
+        sampler.PatchSampler(two_slides, 16, [1.0], patch_budget=-1)

@@ -3,12 +3,14 @@
 import pathlib
 
 import cv2
+import ml_collections
 import numpy as np
 import openslide
 import pytest
 import tifffile
 
 from pathfm.data import sampler, slides, tissue
+from pathfm.errors import ConfigError
 
 CMU = pathlib.Path("/work/shared/test-slides/CMU-1-Small-Region.svs")
 CMU_MPP = 0.499
@@ -116,3 +118,36 @@ def test_cmu_sampled_patches_are_tissue(cmu, cmu_sampler):
     assert sat.min() > max(20.0, 3 * background) and sat.mean() > 60
     assert white.mean() < 0.3 and white.max() < 0.8
     assert tissue_frac.mean() > 0.6 and (tissue_frac >= 0.2).all()
+
+
+def test_config_validation_and_mapping():
+    for bad in ({"mask_mpp": 0.0}, {"saturation_threshold": 300}, {"median_blur": -1},
+                {"min_tissue_fraction": 1.5}):  # fmt: skip
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            tissue.TissueConfig(**bad)
+    data = ml_collections.ConfigDict({"mask_mpp": 4.0, "use_otsu": True, "patch_size": 256})
+    config = tissue.TissueConfig.from_mapping(data)
+    assert config == tissue.TissueConfig(mask_mpp=4.0, use_otsu=True)
+    assert tissue.TissueConfig.from_mapping({}) == CONFIG
+    key = CONFIG.mask_key()
+    assert "min_tissue_fraction" not in key
+    assert tissue.TissueConfig(min_tissue_fraction=0.9).mask_key() == key
+    assert tissue.TissueConfig(use_otsu=True).mask_key() != key
+
+
+def test_clam_preset_on_cmu(cmu):
+    thumb, _ = tissue.read_thumbnail(cmu, CMU_MPP, CONFIG.mask_mpp)
+    clam = tissue.TissueConfig(saturation_threshold=8, median_blur=7, close_kernel=4)
+    eva = tissue.tissue_mask(thumb, CONFIG)
+    mask = tissue.tissue_mask(thumb, clam)
+    assert (mask | ~eva).mean() > 0.99  # a lower threshold keeps (almost) all of eva's tissue
+    assert 0.15 < mask.mean() < 0.8 and not mask[-20:, :20].any()
+
+
+def test_mask_fraction():
+    mask = np.zeros((10, 20), bool)
+    mask[:, :10] = True  # left half of a 200x100 px slide
+    assert tissue.mask_fraction(mask, 200, 100, 0, 0, 50) == 1.0
+    assert tissue.mask_fraction(mask, 200, 100, 75, 0, 50) == pytest.approx(0.5)
+    assert tissue.mask_fraction(mask, 200, 100, 300, 0, 50) == 0.0
+    assert list(tissue.tissue_pixels(mask[:2, :12])) == [*range(10), *range(12, 22)]
