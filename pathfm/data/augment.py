@@ -23,7 +23,12 @@ transforms it uses. Deliberate differences (all numerical, none in the random st
   work buffers (cv2 ``dst=``), so a call allocates almost nothing; large per-op temporaries made
   glibc return and re-fault heap pages on every call, which cost more than the arithmetic.
 * Pathology additions: optional vertical flip and 90-degree rotation right after the
-  horizontal flip; ``vflip_p=0`` and ``rot90=False`` (defaults) give plain DINO semantics.
+  horizontal flip, and HED stain jitter (Tellez et al. 2018) before colour jitter; ``vflip_p=0``,
+  ``rot90=False`` and ``hed_p=0`` (defaults) give plain DINO semantics and draws.
+  HED uses skimage's ``rgb2hed`` units (stains = OD / ln(1e6) on skimage's stain matrix), but
+  keeps negative stain amounts (skimage clips them to 0), so the round trip is lossless.
+* ``photometric_on_host=False`` keeps only the geometric ops (crop, resize, flips, rot90) and
+  draws nothing for the others: they then run on the accelerator (``pathfm.data.device_augment``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,17 @@ _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
 # of 2**-16 every partial sum is an integer below 2**24, so float32 evaluation is exact and the
 # float->uint8 truncation gives PIL's floor: bit-exact with PIL.
 _PIL_LUMA = np.tile(np.array([19595, 38470, 7471, 32768], np.float64) / 65536, (3, 1))
+# skimage.color rgb_from_hed (rows: haematoxylin, eosin, DAB optical densities; Ruifrok & Johnston
+# 2001) and hed_from_rgb, its inverse. Stains use skimage's scale: (OD = -ln rgb) / ln(1e6).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.array(
+    [
+        [1.87798274, -1.00767869, -0.55611582],
+        [-0.06590806, 1.13473037, -0.1355218],
+        [-0.60190736, -0.48041419, 1.57358807],
+    ]
+)
+HED_LOG_ADJUST = -math.log(1e-6)  # skimage floors rgb at 1e-6 and scales OD by 1 / ln(1e6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +83,10 @@ class MultiCropConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, each local
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: tuple[float, float] = (0.0, 0.2)  # global 1, global 2
+    hed_p: float = 0.0  # pathology addition: HED stain jitter, before colour jitter
+    hed_sigma: float = 0.05  # stain scale alpha ~ U(1 - sigma, 1 + sigma)
+    hed_bias: float = 0.05  # stain shift beta ~ U(-bias, bias), skimage rgb2hed units
+    photometric_on_host: bool = True  # False: geometric ops only (photometric on the device)
 
     def __post_init__(self) -> None:
         """Check sizes, ranges and probabilities."""
@@ -76,13 +96,15 @@ class MultiCropConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ConfigError(f"multi-crop: {name} must satisfy 0 < low <= high, got {lo, hi}")
-        probs = (self.hflip_p, self.vflip_p, self.color_jitter_p, self.grayscale_p)
+        probs = (self.hflip_p, self.vflip_p, self.color_jitter_p, self.grayscale_p, self.hed_p)
         if len(self.blur_p) != 3 or len(self.solarize_p) != 2:
             raise ConfigError("multi-crop: blur_p needs 3 values and solarize_p needs 2")
         if not all(0.0 <= p <= 1.0 for p in (*probs, *self.blur_p, *self.solarize_p)):
             raise ConfigError("multi-crop: every probability must lie in [0, 1]")
         if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
             raise ConfigError("multi-crop: jitter strengths must be >= 0 and hue in [0, 0.5]")
+        if not (0 <= self.hed_sigma <= 1 and self.hed_bias >= 0):
+            raise ConfigError("multi-crop: hed_sigma must lie in [0, 1] and hed_bias be >= 0")
 
 
 def sample_crop_box(
@@ -258,6 +280,55 @@ def color_jitter(
     return _to_uint8(_jitter(f, brightness, contrast, saturation, hue, rng))
 
 
+def rgb_to_hed(image: np.ndarray) -> np.ndarray:
+    """skimage ``rgb2hed`` of uint8 (or float in [0, 1]) [..., 3] -> float64 stains, unclipped."""
+    rgb = image / 255.0 if image.dtype == np.uint8 else np.asarray(image, np.float64)
+    return -np.log(np.maximum(rgb, 1e-6)) / HED_LOG_ADJUST @ HED_FROM_RGB
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """skimage ``hed2rgb``: stains [..., 3] -> float64 RGB in [0, 1]."""
+    return np.clip(np.exp(-(hed * HED_LOG_ADJUST) @ RGB_FROM_HED), 0.0, 1.0)
+
+
+def hed_matrix(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """3x4 affine map of ln(rgb) for stains s -> s * alpha + beta (row-vector pixels, as cv2)."""
+    # OD' = OD @ A + c with A = H diag(alpha) R and c = L beta @ R; ln(rgb) = -OD.
+    a = HED_FROM_RGB @ (np.asarray(alpha, np.float64)[:, None] * RGB_FROM_HED)
+    c = HED_LOG_ADJUST * np.asarray(beta, np.float64) @ RGB_FROM_HED
+    return np.concatenate([a.T, -c[:, None]], axis=1)
+
+
+def _hed(f: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """HED stain scale/shift in place on float32 [H, W, 3] in [0, 255] (floor 1e-6 as skimage)."""
+    mat = hed_matrix(alpha, beta)
+    mat[:, 3] += math.log(255.0) * (1.0 - mat[:, :3].sum(axis=1))  # ln(v / 255) -> ln v
+    np.maximum(f, np.float32(255e-6), out=f)
+    cv2.log(f, dst=f)
+    cv2.transform(f, mat, dst=f)
+    cv2.exp(f, dst=f)
+    return np.minimum(f, 255.0, out=f)
+
+
+def adjust_hed(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Stains s -> s * alpha + beta (each [3]: H, E, DAB) on [H, W, 3]; uint8 -> uint8 else f32."""
+    f = _hed(np.array(image, dtype=np.float32), alpha, beta)
+    return _to_uint8(f) if image.dtype == np.uint8 else f
+
+
+def _hed_factors(sigma: float, bias: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(alpha, beta): one draw of 6 uniforms, alpha ~ U(1 - sigma, 1 + sigma), beta ~ U(-b, b)."""
+    u = rng.random(6)
+    return 1.0 - sigma + 2.0 * sigma * u[:3], bias * (2.0 * u[3:] - 1.0)
+
+
+def hed_jitter(
+    image: np.ndarray, sigma: float, bias: float, rng: np.random.Generator
+) -> np.ndarray:
+    """HED stain jitter (Tellez et al. 2018) of uint8 [H, W, 3] -> uint8 [H, W, 3]."""
+    return adjust_hed(image, *_hed_factors(sigma, bias, rng))
+
+
 def _grayscale_inplace(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
     """PIL luma of uint8 [H, W, 3] written into all 3 channels of ``x``; buf: float32 scratch."""
     np.copyto(buf, x)
@@ -321,7 +392,8 @@ class DinoMultiCrop:
     ) -> None:
         """Write one augmented crop of ``image`` into ``out`` (uint8 [S, S, 3]).
 
-        Draw order: crop box, hflip, vflip, rot90 k (if enabled), jitter?, jitter order+factors,
+        Draw order: crop box, hflip, vflip, rot90 k (if enabled), then unless photometric ops
+        are off on the host: hed?, hed factors (only if hed_p > 0), jitter?, jitter order+factors,
         grayscale?, blur?, blur sigma, solarize? (only where its probability is > 0).
         """
         cfg = self.config
@@ -334,6 +406,12 @@ class DinoMultiCrop:
             k = int(rng.random() * 4)
             if k:
                 out[...] = np.rot90(out, k)  # numpy copies overlapping input first
+        if not cfg.photometric_on_host:
+            return
+        if cfg.hed_p > 0 and rng.random() < cfg.hed_p:
+            buf = self._buffer(out.shape[0])
+            np.copyto(buf, out)
+            _to_uint8(_hed(buf, *_hed_factors(cfg.hed_sigma, cfg.hed_bias, rng)), out)
         if rng.random() < cfg.color_jitter_p:
             buf = self._buffer(out.shape[0])
             np.copyto(buf, out)

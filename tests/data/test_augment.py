@@ -1,6 +1,7 @@
 """Tests for the DINO multi-crop augmentation (pathfm.data.augment)."""
 
 import colorsys
+import dataclasses
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 
@@ -298,3 +299,90 @@ def test_validation() -> None:
         aug(np.zeros((32, 32, 3), np.float32), _rng())
     with pytest.raises(DataError):
         aug(np.zeros((32, 32), np.uint8), _rng())
+
+
+# Real-looking H&E colours: background, pale/strong eosin, cytoplasm, nuclei, dark chromatin.
+_HE_COLOURS = [
+    (255, 255, 255),
+    (242, 228, 238),
+    (233, 170, 205),
+    (214, 120, 170),
+    (180, 110, 160),
+    (150, 85, 165),
+    (110, 70, 150),
+    (70, 40, 110),
+    (40, 20, 70),
+]
+
+
+def test_hed_constants_and_round_trip() -> None:
+    np.testing.assert_allclose(A.HED_FROM_RGB @ A.RGB_FROM_HED, np.eye(3), atol=1e-7)
+    he = np.array([_HE_COLOURS], np.uint8)
+    hed = A.rgb_to_hed(he)
+    assert np.all(hed[..., 0][0, 1:] > 0) and np.all(hed[..., 1][0, 1:] > 0)  # H and E present
+    np.testing.assert_allclose(hed[0, 0], 0.0, atol=1e-12)  # white: no stain
+    back = np.rint(A.hed_to_rgb(hed) * 255)
+    assert np.abs(back - he).max() <= 1
+    noise = _rng(6).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    back = np.rint(A.hed_to_rgb(A.rgb_to_hed(noise)) * 255)
+    assert np.abs(back - noise).max() <= 1
+    np.testing.assert_allclose(A.rgb_to_hed(he / 255.0), hed)  # float input in [0, 1]
+
+
+def test_adjust_hed_identity_and_reference() -> None:
+    noise = _rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(A.adjust_hed(noise, np.ones(3), np.zeros(3)), noise)
+    f = A.adjust_hed(noise.astype(np.float32), np.ones(3), np.zeros(3))
+    assert f.dtype == np.float32 and np.abs(f - noise).max() < 1e-3
+    alpha, beta = np.array([1.04, 0.97, 1.01]), np.array([0.03, -0.02, 0.01])
+    ref = np.rint(A.hed_to_rgb(A.rgb_to_hed(noise) * alpha + beta) * 255)
+    assert np.abs(A.adjust_hed(noise, alpha, beta) - ref).max() <= 1
+    u = _rng(8).random(6)
+    got = A.hed_jitter(noise, 0.1, 0.02, _rng(8))
+    np.testing.assert_array_equal(
+        got, A.adjust_hed(noise, 0.9 + 0.2 * u[:3], 0.02 * (2 * u[3:] - 1))
+    )
+    np.testing.assert_array_equal(A.hed_jitter(noise, 0.0, 0.0, _rng()), noise)
+
+
+def test_hed_perturbs_haematoxylin_along_h() -> None:
+    pixel = np.rint(A.hed_to_rgb(np.array([[[0.05, 0.0, 0.0]]])) * 255).astype(np.uint8)
+    h0 = A.rgb_to_hed(pixel)[0, 0]
+    assert h0[0] > 0.04 and np.abs(h0[1:]).max() < 2e-3  # a pure haematoxylin pixel
+    for alpha, beta in (((1.4, 1.0, 1.0), (0, 0, 0)), ((1.0, 1.0, 1.0), (0.02, 0, 0))):
+        out = A.adjust_hed(pixel, np.array(alpha), np.array(beta))
+        delta = A.rgb_to_hed(out)[0, 0] - h0
+        assert delta[0] > 0.015 and np.abs(delta[1:]).max() < 0.05 * delta[0]
+        d_od = np.log(pixel[0, 0] / out[0, 0].astype(float))  # darker along the H colour
+        cos = d_od @ A.RGB_FROM_HED[0] / np.linalg.norm(d_od) / np.linalg.norm(A.RGB_FROM_HED[0])
+        assert cos > 0.99
+
+
+def test_pipeline_hed_and_photometric_off() -> None:
+    img = _image(24, 24)
+    whole = dict(global_size=24, n_local=0, global_scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    aug = A.DinoMultiCrop(_plain(hed_p=1.0, hed_sigma=0.2, hed_bias=0.03, **whole))
+    for seed in range(3):
+        got = aug(img, _rng(seed))["global_crops"][0]
+        rng = _rng(seed)
+        rng.random(7)  # crop box (4 draws), hflip, vflip, apply-hed
+        np.testing.assert_array_equal(got, A.hed_jitter(img, 0.2, 0.03, rng))
+    # Host photometric off: geometry only, with no draws for the photometric ops.
+    cfg = A.MultiCropConfig(global_size=32, local_size=16, n_local=3, hed_p=0.5, rot90=True)
+    off = A.DinoMultiCrop(dataclasses.replace(cfg, photometric_on_host=False))
+    img = _image(64, 64)
+    got = off(img, _rng(11))
+    rng, crops = _rng(11), []
+    for size, scale in [(32, cfg.global_scale)] * 2 + [(16, cfg.local_scale)] * 3:
+        crop = A.random_resized_crop(img, size, scale, cfg.ratio, rng)
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        rng.random()  # vflip (p 0)
+        crops.append(np.rot90(crop, int(rng.random() * 4)))
+    np.testing.assert_array_equal(got["global_crops"], crops[:2])
+    np.testing.assert_array_equal(got["local_crops"], crops[2:])
+
+
+def test_hed_validation() -> None:
+    for bad in ({"hed_p": 1.5}, {"hed_sigma": -0.1}, {"hed_sigma": 1.5}, {"hed_bias": -0.1}):
+        with pytest.raises(ConfigError):
+            A.MultiCropConfig(**bad)
