@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.crops.rot90 = True  # pathology addition
     c.crops.color_jitter_p = 0.8
     c.crops.grayscale_p = 0.2
+    c.crops.hed_p = 0.0  # HED stain jitter (pathology addition), off in plain DINO
+    c.crops.hed_sigma = 0.05  # stain scale alpha ~ U(1 - sigma, 1 + sigma)
+    c.crops.hed_bias = 0.005  # stain shift beta ~ U(-bias, bias), skimage rgb2hed units
+    c.crops.photometric_on_device = False  # colour ops in the jitted step; host only crops
 
     c.data = ml_collections.ConfigDict()
     c.data.slides = ""  # directory, glob or CSV manifest (columns path[, mpp]); "" = synthetic
@@ -85,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.mask_mpp = 8.0
     c.data.saturation_threshold = 20
     c.data.min_tissue_fraction = 0.35
+    c.data.mask_cache_dir = ""  # tissue masks cached by slide identity; "" = <workdir>/mask_cache
+    c.data.max_bad_fraction = 0.5  # stop before training if more slides than this are unusable
+    c.data.slide_weighting = "uniform"  # or "tissue_area": slides drawn by their tissue area
+    c.data.patch_budget = 0  # > 0: train on this many distinct patch locations (kaiko ablation)
     c.data.on_bad_slide = "skip"  # or "error"
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
     c.data.mean = IMAGENET_MEAN
@@ -140,6 +148,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         lo, hi = cr[key]
         _require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
     _require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
+    _require(0.0 <= cr.hed_p <= 1.0, "crops.hed_p", "must be in [0, 1]")
     d = c.data
     _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
     _require(
@@ -150,6 +159,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
+    _require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+    _require(
+        d.slide_weighting in ("uniform", "tissue_area"),
+        "data.slide_weighting",
+        "use 'uniform' or 'tissue_area'",
+    )
+    _require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
     _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
     o = c.optim
     _require(o.lr > 0 and o.min_lr >= 0, "optim.lr", "lr must be > 0 and min_lr >= 0")

@@ -53,18 +53,28 @@ def tissue_config(config: ml_collections.ConfigDict) -> TissueConfig:
     )
 
 
-def build_slide_index(config: ml_collections.ConfigDict, source: str) -> SlideIndex:
-    """Finds, opens and masks every slide; bad slides are skipped and recorded (or raise)."""
-    records = find_slides(source)
+def build_slide_index(
+    config: ml_collections.ConfigDict, source: str, workdir: str | Path | None = None
+) -> SlideIndex:
+    """Finds, opens and masks every slide (masks cached on disk by slide identity); bad slides
+    are skipped and recorded, and too many of them stop the run before training."""
+    d = config.data
+    cache_dir = d.mask_cache_dir or (str(Path(workdir) / "mask_cache") if workdir else None)
     return SlideIndex.build(
-        records,
+        find_slides(source),
         tissue_config(config),
-        max_mpp_for_training=min(config.data.mpps),
-        on_bad_slide=config.data.on_bad_slide,
+        max_mpp_for_training=min(d.mpps),
+        on_bad_slide=d.on_bad_slide,
+        cache_dir=cache_dir,
+        max_bad_fraction=d.max_bad_fraction,
     )
 
 
-def build_sampler(config: ml_collections.ConfigDict, index: SlideIndex) -> PatchSampler:
+def build_sampler(
+    config: ml_collections.ConfigDict, index: SlideIndex, with_budget: bool = True
+) -> PatchSampler:
+    """The patch sampler of `config.data`; `with_budget=False` ignores `data.patch_budget` (the
+    monitor's probe set must not come from the training pool)."""
     d = config.data
     return PatchSampler(
         index,
@@ -72,6 +82,9 @@ def build_sampler(config: ml_collections.ConfigDict, index: SlideIndex) -> Patch
         tuple(d.mpps),
         tuple(d.mpp_weights) or None,
         min_tissue_fraction=d.min_tissue_fraction,
+        slide_weighting=d.slide_weighting,
+        patch_budget=d.patch_budget if with_budget else 0,
+        budget_seed=config.seed,
     )
 
 
@@ -87,6 +100,10 @@ def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
         rot90=cr.rot90,
         color_jitter_p=cr.color_jitter_p,
         grayscale_p=cr.grayscale_p,
+        hed_p=cr.hed_p,
+        hed_sigma=cr.hed_sigma,
+        hed_bias=cr.hed_bias,
+        photometric_on_host=not cr.photometric_on_device,
     )
 
 

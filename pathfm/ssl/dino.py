@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer, vit_config
 from pathfm.ssl.base import Batch, Params, crop_major, ema, normalize_images
@@ -61,6 +62,11 @@ class Dino:
         )
         self.momentum = cosine_schedule(d.momentum_teacher, 1.0, total)
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+        self.photometric = None  # colour augmentation on the accelerator, when configured
+        if config.crops.photometric_on_device:
+            from pathfm.data.pipeline import multicrop_config  # the host pipeline's crop settings
+
+            self.photometric = PhotometricConfig.from_multicrop(multicrop_config(config))
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         size = self.config.model.img_size
@@ -73,7 +79,12 @@ class Dino:
         return params, {"teacher": jax.tree.map(jnp.copy, params), "center": center}
 
     def _forward(self, backbone_module, params, images, rng=None):
-        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
+        """CLS embeddings [N, D] of uint8 images, or of float images in [0, 1] (augmented)."""
+        dtype = jnp.dtype(self.config.model.dtype)
+        if images.dtype == jnp.uint8:
+            x = normalize_images(images, self.mean, self.std, dtype)
+        else:
+            x = normalize(images, self.mean, self.std, dtype)
         train = rng is not None
         rngs = {"dropout": rng} if train else {}
         cls, _ = backbone_module.apply({"params": params["backbone"]}, x, train=train, rngs=rngs)
@@ -81,8 +92,13 @@ class Dino:
 
     def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
         d = self.config.dino
-        global_crops = crop_major(batch["global_crops"])  # [2B, G, G, 3]
-        local_crops = crop_major(batch["local_crops"])  # [nB, L, L, 3]
+        views, local_views = batch["global_crops"], batch["local_crops"]
+        if self.photometric is not None:  # once, so teacher and student see the same views
+            views, local_views = photometric_multicrop(
+                views, local_views, jax.random.fold_in(rng, 2), self.photometric
+            )
+        global_crops = crop_major(views)  # [2B, G, G, 3]
+        local_crops = crop_major(local_views)  # [nB, L, L, 3]
         teacher_cls = self._forward(self.teacher, extra["teacher"], global_crops)
         teacher_out = jax.lax.stop_gradient(
             self.head.apply({"params": extra["teacher"]["head"]}, teacher_cls)

@@ -51,8 +51,9 @@ def _host_stats(batch: dict[str, np.ndarray]) -> dict[str, float]:
     """Input-side numbers worth logging: read failures, the mix of magnifications, and a
     `batch_id` (CRC32 of the patches' slide and coordinates) that identifies the data order."""
     stats = {"read_errors": int(np.sum(batch.get("read_errors", 0)))}
-    if "mpp" in batch:
-        stats["mean_mpp"] = float(np.mean(batch["mpp"]))
+    for key in ("mpp", "tissue"):
+        if key in batch:
+            stats[f"mean_{key}"] = float(np.mean(batch[key]))
     if "slide" in batch:
         where = np.stack([batch["slide"], batch["x"], batch["y"]]).astype(np.int64)
         stats["batch_id"] = zlib.crc32(where.tobytes())
@@ -71,7 +72,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # ---- Input -------------------------------------------------------------------------------
     source = pipeline.resolve_slide_source(config, workdir)
-    index = pipeline.build_slide_index(config, source)
+    index = pipeline.build_slide_index(config, source, workdir)
     log.info(
         "%d usable slides from %s (%d rejected)", len(index.slides), source, len(index.rejected)
     )
@@ -79,7 +80,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     data_iter = pipeline.build_train_iterator(
         config, sampler, jax.process_index(), jax.process_count()
     )
-    probe = pipeline.probe_images(config, sampler) if config.monitor.every_steps else None
+    probe = None
+    if config.monitor.every_steps:
+        probe = pipeline.probe_images(config, pipeline.build_sampler(config, index, False))
 
     # ---- Model, optimiser and state ------------------------------------------------------------
     abstract_params = jax.eval_shape(method.init, init_rng)[0]

@@ -91,3 +91,16 @@ def test_probe_set_is_fixed_and_apart_from_training(setup):
     size = config.crops.global_size
     assert a.shape == (config.monitor.num_patches, size, size, 3)
     np.testing.assert_array_equal(a, b)
+
+
+def test_patch_budget_limits_training_locations_but_not_the_probe_set(
+    synthetic_slide_dir, tmp_path
+):
+    config = tiny_dino_config(**{"data.slides": str(synthetic_slide_dir), "data.patch_budget": 3})
+    index = pipeline.build_slide_index(config, str(synthetic_slide_dir), tmp_path)
+    assert list((tmp_path / "mask_cache").iterdir())  # masks cached under the workdir
+    it = pipeline.build_train_iterator(config, pipeline.build_sampler(config, index))
+    seen = {tuple(row) for _ in range(3) for row in _where(next(it))}
+    assert len(seen) == 3
+    probe_sampler = pipeline.build_sampler(config, index, with_budget=False)
+    assert probe_sampler.budget_pool() == []

@@ -107,3 +107,15 @@ def test_last_layer_frozen_for_the_first_epoch(config, single):
             np.testing.assert_array_equal(w, initial)
         else:
             assert not np.array_equal(w, initial)
+
+
+def test_photometric_augmentation_on_device_trains(config, single):
+    device = config.copy_and_resolve_references()
+    device.crops.photometric_on_device = True
+    device.crops.hed_p = 0.5
+    setup = Setup(device, 1)
+    assert setup.method.photometric is not None
+    _, metrics = _run(setup, device, 2)
+    _, host_metrics = _run(single, config, 2)
+    assert np.isfinite(metrics["loss"])
+    assert metrics["loss"] != host_metrics["loss"]  # the views really were re-coloured
