@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_size = 4096  # level-0 px per side
     c.data.synthetic_mpp = 0.25
     c.data.patch_size = 256  # px read per sample, before multi-crop
-    c.data.mpps = (0.5,)  # um/px to sample at
+    c.data.mpps = (0.25, 0.5, 1.0, 2.0)  # um/px: kaiko's 40x/20x/10x/5x mix; each slide
+    # serves the ones its pyramid reaches without upscaling
     c.data.mpp_weights = ()  # empty = uniform
     c.data.mask_mpp = 8.0
     c.data.saturation_threshold = 20

@@ -63,7 +63,7 @@ def build_slide_index(
     return SlideIndex.build(
         find_slides(source),
         tissue_config(config),
-        max_mpp_for_training=min(d.mpps),
+        max_mpp_for_training=max(d.mpps),  # a slide serves the mpps its pyramid reaches
         on_bad_slide=d.on_bad_slide,
         cache_dir=cache_dir,
         max_bad_fraction=d.max_bad_fraction,

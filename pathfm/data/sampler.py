@@ -205,7 +205,7 @@ class PatchSampler:
         self.index = index
         self.patch_size = int(patch_size)
         self.mpps = tuple(float(m) for m in mpps)
-        self._cum_weights = np.cumsum(weights / weights.sum())
+        self._weights = weights / weights.sum()
         self.min_tissue_fraction = float(min_tissue_fraction)
         self.max_tries = int(max_tries)
         self._check_resolutions()
@@ -233,19 +233,25 @@ class PatchSampler:
         self._lock = threading.Lock()
 
     def _check_resolutions(self) -> None:
-        """Every slide must provide the finest requested mpp without upscaling."""
-        finest = min(self.mpps)
-        too_coarse = [
-            f"  {s.path}: {s.mpp:.4g} um/px"
-            for s in self.index.slides
-            if s.level_mpps[0] > finest * (1 + slides_lib.LEVEL_TOLERANCE)
-        ]
+        """Per slide, the cumulative weights of the mpps it can serve without upscaling.
+
+        A 20x slide (0.5 um/px) asked for (0.25, 0.5, 1, 2) serves the last three, with their
+        weights renormalised; a slide that serves none of them is an error."""
+        limit = 1 + slides_lib.LEVEL_TOLERANCE
+        self._cum_weights, too_coarse = [], []
+        for s in self.index.slides:
+            weights = np.where(np.asarray(self.mpps) * limit >= s.level_mpps[0], self._weights, 0)
+            if weights.sum() == 0:
+                too_coarse.append(f"  {s.path}: {s.mpp:.4g} um/px")
+                weights = self._weights
+            self._cum_weights.append(np.cumsum(weights / weights.sum()))
         if too_coarse:
             raise DataError(
-                f"{len(too_coarse)} slide(s) are coarser than the finest requested "
-                f"{finest} um/px:\n"
+                f"{len(too_coarse)} slide(s) are coarser than every requested mpp "
+                f"{self.mpps}:\n"
                 + "\n".join(too_coarse[:_MAX_LISTED])
-                + f"\nDrop that mpp or build the index with max_mpp_for_training={finest}."
+                + f"\nAdd a coarser mpp or build the index with max_mpp_for_training="
+                f"{max(self.mpps)}."
             )
 
     def __getstate__(self) -> dict:
@@ -272,7 +278,7 @@ class PatchSampler:
         else:
             slide = int(np.searchsorted(self._cum_slides, rng.random(), side="right"))
             slide = min(slide, len(self.index.slides) - 1)
-        choice = int(np.searchsorted(self._cum_weights, rng.random(), side="right"))
+        choice = int(np.searchsorted(self._cum_weights[slide], rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
         info, tissue = self.index.slides[slide], self._tissue[slide]
         mask_w = info.mask.shape[1]

@@ -116,10 +116,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=start, disable=not sys.stderr.isatty(), unit="step")
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
+    read_errors_total = 0  # unreadable tiles met this run (each warned about by slide name)
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         host_batch = next(data_iter)
         input_wait += time.perf_counter() - t0
+        read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
         batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
         state, metrics = train_step(state, batch, step_rng)
         window_images += config.batch_size
@@ -129,7 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         record = {}
         if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
             record.update(jax.device_get(metrics))
-            record.update(_host_stats(host_batch))
+            record.update(_host_stats(host_batch), read_errors_total=read_errors_total)
             elapsed = time.perf_counter() - window_start
             record["images_per_s"] = window_images / elapsed
             record["input_wait_frac"] = input_wait / elapsed

@@ -120,9 +120,14 @@ def test_index_max_mpp_for_training():
         sampler.SlideIndex.build([slides.SlideRecord(str(CMU))], CONFIG, max_mpp_for_training=0.25)
 
 
-def test_sampler_rejects_resolutions_finer_than_a_slide(index):
-    with pytest.raises(DataError, match=r"max_mpp_for_training=0\.25"):
-        sampler.PatchSampler(index, 64, [0.25, 0.5])
+def test_each_slide_serves_only_the_mpps_it_reaches_without_upscaling(index):
+    # CMU is 0.499 um/px: asked for 0.25/0.5/1.0 it serves 0.5 and 1.0, weights renormalised.
+    patches = sampler.PatchSampler(index, 32, [0.25, 0.5, 1.0])
+    drawn = [float(patches(np.random.default_rng(i))["mpp"]) for i in range(60)]
+    assert set(drawn) == {0.5, 1.0}
+    assert 15 < drawn.count(0.5) < 45
+    with pytest.raises(DataError, match=r"coarser than every requested mpp"):
+        sampler.PatchSampler(index, 64, [0.25])
     with pytest.raises(ConfigError):
         sampler.PatchSampler(index, 64, [0.5, 1.0], mpp_weights=[1.0])
 
