@@ -358,6 +358,13 @@ def solarize(image: np.ndarray, threshold: int = 128, out: np.ndarray | None = N
     return _into(cv2.LUT(image, lut, dst=out), out)
 
 
+_ROTATE_CCW = {
+    1: cv2.ROTATE_90_COUNTERCLOCKWISE,
+    2: cv2.ROTATE_180,
+    3: cv2.ROTATE_90_CLOCKWISE,
+}
+
+
 class DinoMultiCrop:
     """DINO's ``DataAugmentationDINO`` on one uint8 [H, W, 3] patch; thread-safe, picklable."""
 
@@ -404,8 +411,8 @@ class DinoMultiCrop:
             cv2.flip(out, -1 if hflip and vflip else (1 if hflip else 0), dst=out)
         if cfg.rot90:
             k = int(rng.random() * 4)
-            if k:
-                out[...] = np.rot90(out, k)  # numpy copies overlapping input first
+            if k:  # counter-clockwise by k quarter turns, as np.rot90; cv2 is ~10x faster
+                out[...] = cv2.rotate(out, _ROTATE_CCW[k])
         if not cfg.photometric_on_host:
             return
         if cfg.hed_p > 0 and rng.random() < cfg.hed_p:
