@@ -250,6 +250,23 @@ class TiffJpegSlide:
             cache.put(key, tile)
         return tile
 
+    def tiles_covering(self, level: int, x: int, y: int, w: int, h: int) -> list[int]:
+        """Row-major indices of the tiles holding level pixels [x, x+w) x [y, y+h)."""
+        lv = self._levels[level]
+        x_lo, x_hi = max(x, 0), min(x + w, lv.width)
+        y_lo, y_hi = max(y, 0), min(y + h, lv.height)
+        if x_lo >= x_hi or y_lo >= y_hi:
+            return []
+        rows = range(y_lo // lv.tile_h, (y_hi - 1) // lv.tile_h + 1)
+        cols = range(x_lo // lv.tile_w, (x_hi - 1) // lv.tile_w + 1)
+        return [r * lv.across + c for r in rows for c in cols]
+
+    def raw_tile(self, level: int, index: int) -> tuple[bytes, bytes | None, str]:
+        """(JPEG bytes, JPEGTables, colourspace) of one tile, undecoded (for decode benchmarks)."""
+        lv = self._levels[level]
+        data = os.pread(self._fd, int(lv.counts[index]), int(lv.offsets[index]))
+        return data, lv.tables, lv.colorspace
+
     def _window(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 [h, w, 3] of level pixels [x, x+w) x [y, y+h), white outside the image."""
         lv = self._levels[level]
