@@ -88,7 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
     # serves the ones its pyramid reaches without upscaling
     c.data.mpp_weights = ()  # empty = uniform
     c.data.mask_mpp = 8.0
-    c.data.saturation_threshold = 20
+    c.data.saturation_threshold = 20  # of 255 (eva); CLAM uses 8 with median blur and close
+    c.data.use_otsu = False  # threshold at Otsu's level of the saturation instead (floored at 8)
+    c.data.median_blur = 7  # kernel (CLAM's mthresh); 0 or 1 disables
+    c.data.close_kernel = 5  # elliptic morphological close; 0 or 1 disables
     c.data.min_tissue_fraction = 0.35
     c.data.mask_cache_dir = ""  # tissue masks cached by slide identity; "" = <workdir>/mask_cache
     c.data.max_bad_fraction = 0.5  # stop before training if more slides than this are unusable
@@ -113,6 +116,17 @@ def base_config() -> ml_collections.ConfigDict:
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config.{key}: {message}")
+
+
+def _check_data_objects(config: ml_collections.ConfigDict) -> None:
+    """Builds the tissue and multi-crop settings, whose own checks name the bad field."""
+    from pathfm.data.pipeline import multicrop_config, tissue_config
+
+    for group, build in (("data", tissue_config), ("crops", multicrop_config)):
+        try:
+            build(config)
+        except ConfigError as e:
+            raise ConfigError(f"config.{group}: {e}") from None
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
@@ -178,6 +192,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         "dino.warmup_teacher_temp_epochs",
         "must be in [0, epochs]",
     )
+    _check_data_objects(c)
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
     _require(

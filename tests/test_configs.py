@@ -53,3 +53,9 @@ def test_invalid_values_name_the_key(key, value, name):
 def test_batch_must_split_over_devices():
     with pytest.raises(ConfigError, match="divisible"):
         validate(tiny_dino_config(batch_size=6), num_devices=4)
+
+
+@pytest.mark.parametrize("key,value", [("data.median_blur", -3), ("crops.hed_sigma", -1.0)])
+def test_tissue_and_crop_settings_are_checked_up_front(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[0]):
+        validate(tiny_dino_config(**{key: value}), num_devices=1)

@@ -45,12 +45,8 @@ def resolve_slide_source(config: ml_collections.ConfigDict, workdir: str | Path)
 
 
 def tissue_config(config: ml_collections.ConfigDict) -> TissueConfig:
-    d = config.data
-    return TissueConfig(
-        mask_mpp=d.mask_mpp,
-        saturation_threshold=d.saturation_threshold,
-        min_tissue_fraction=d.min_tissue_fraction,
-    )
+    """The tissue detection settings of `config.data` (keys named like TissueConfig's fields)."""
+    return TissueConfig.from_mapping(config.data)
 
 
 def build_slide_index(
