@@ -1,0 +1,79 @@
+import cv2
+import numpy as np
+
+from pathfm.ssl.masking import batch_masks, block_mask, mask_upperbound
+
+GRID = (14, 14)
+N = GRID[0] * GRID[1]
+
+
+def small_component_fraction(masks: np.ndarray) -> float:
+    """Share of masked patches in 4-connected components smaller than 4 patches."""
+    small = total = 0
+    for m in masks:
+        _, labels = cv2.connectedComponents(m.reshape(GRID).astype(np.uint8), connectivity=4)
+        sizes = np.bincount(labels.ravel())[1:]
+        small += sizes[sizes < 4].sum()
+        total += sizes.sum()
+    return small / total
+
+
+def test_shapes_counts_and_stratified_ratios():
+    rng = np.random.default_rng(0)
+    n_images = 32
+    for _ in range(20):
+        masks = batch_masks(n_images, GRID, 0.5, (0.1, 0.5), rng=rng)
+        assert masks.dtype == bool and masks.shape == (n_images, N)
+        counts = masks.sum(1)
+        masked = np.sort(counts[counts > 0])
+        assert len(masked) == int(n_images * 0.5)
+        # Image i targets int(N * r_i), r_i in bin i of linspace(0.1, 0.5, 17); blocks never
+        # overshoot, so the sorted counts sit below the sorted bin tops (and above 0).
+        tops = np.array([int(N * p) for p in np.linspace(0.1, 0.5, 17)[1:]])
+        assert (masked <= tops).all()
+        assert counts.sum() <= mask_upperbound(n_images, N, 0.5, (0.1, 0.5))
+    # The masked images are shuffled among the batch, not always the first ones.
+    assert not (masks[:16].any(1)).all()
+
+
+def test_block_mask_never_overshoots_and_mostly_hits_the_target():
+    rng = np.random.default_rng(1)
+    targets = rng.integers(4, 99, 300)
+    counts = np.array([block_mask(GRID, int(n), rng, max_num_patches=98).sum() for n in targets])
+    assert (counts <= targets).all() and (counts > 0).all()
+    # No exact-count guarantee (as DINOv2): a run stops when 10 tries add nothing. Targets below
+    # min_num_patches can even stay empty (a block must fit the budget after rounding).
+    assert (counts == targets).mean() > 0.8 and (targets - counts).mean() < 0.5
+
+
+def test_deterministic_per_rng():
+    a = batch_masks(8, GRID, rng=np.random.default_rng(7))
+    b = batch_masks(8, GRID, rng=np.random.default_rng(7))
+    c = batch_masks(8, GRID, rng=np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_masks_are_blocks_not_scattered_patches():
+    rng = np.random.default_rng(2)
+    masks = np.concatenate([batch_masks(32, GRID, rng=rng) for _ in range(10)])
+    masks = masks[masks.any(1)]
+    # Only final partial fills (budget < 4) and 1x3 rounding give components below 4 patches.
+    assert small_component_fraction(masks) < 0.05
+    scattered = np.stack([rng.permutation(m) for m in masks])
+    assert small_component_fraction(scattered) > 0.3
+
+
+def test_block_shapes_follow_the_log_uniform_aspect_range():
+    # min_num_patches = target = 12: every try has area 12, aspect in [0.3, 1/0.3], rounded.
+    # Masks that are one rectangle must be 3x4, 2x6 or their transposes (1x12 needs aspect 1/12).
+    rng = np.random.default_rng(3)
+    shapes = set()
+    for _ in range(300):
+        m = block_mask(GRID, 12, rng, min_num_patches=12)
+        rows, cols = np.nonzero(m)
+        h, w = int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1
+        if h * w == m.sum() == 12:
+            shapes.add((h, w))
+    assert shapes and shapes <= {(3, 4), (4, 3), (2, 6), (6, 2)}
+    assert any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
