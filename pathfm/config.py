@@ -51,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.dino.center_momentum = 0.9
     c.dino.freeze_last_layer = 1  # epochs during which the head's last layer gets no update
 
+    c.mae = ml_collections.ConfigDict()  # used when method == "mae" (facebookresearch/mae)
+    c.mae.mask_ratio = 0.75
+    c.mae.norm_pix_loss = True
+    c.mae.decoder_embed_dim = 512
+    c.mae.decoder_depth = 8
+    c.mae.decoder_num_heads = 16
+
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-4  # peak lr per 256 images: peak = lr * batch_size / 256
     c.optim.min_lr = 1e-6
@@ -193,6 +200,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         "must be in [0, epochs]",
     )
     _check_data_objects(c)
+    _require(0.0 < c.mae.mask_ratio < 1.0, "mae.mask_ratio", "must be in (0, 1)")
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
     _require(

@@ -9,6 +9,7 @@ reads only its slice `i = process_index, process_index + process_count, ...`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from absl import flags
 
 from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
 from pathfm.data.sampler import PatchSampler, SlideIndex
+from pathfm.data.single_crop import SingleCrop
 from pathfm.data.slides import find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
@@ -108,22 +110,39 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+def _dino_crops(config: ml_collections.ConfigDict) -> DinoMultiCrop:
+    return DinoMultiCrop(multicrop_config(config))
+
+
+def _mae_crop(config: ml_collections.ConfigDict) -> SingleCrop:
+    cr = config.crops
+    return SingleCrop(cr.global_size, tuple(cr.global_scale), vflip_p=cr.vflip_p, rot90=cr.rot90)
+
+
+HOST_TRANSFORMS = {"dino": _dino_crops, "mae": _mae_crop}
+
+
+def host_transform(config: ml_collections.ConfigDict):
+    """The host-side augmentation of `config.method`: (uint8 patch, rng) -> batch fields."""
+    return HOST_TRANSFORMS[config.method](config)
+
+
 @dataclasses.dataclass
 class SampleAndCrop:
-    """grain map: global sample index -> one training example (multi-crop views, provenance).
+    """grain map: global sample index -> one training example (augmented views, provenance).
 
     The generator is derived from the GLOBAL index, not from grain's per-dataset position, so the
     hosts' slices of the stream hold different samples and their union is the 1-host stream.
     """
 
     sampler: PatchSampler
-    multicrop: DinoMultiCrop
+    transform: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
     seed: int
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
         rng = sample_rng(self.seed, int(index))
         patch = self.sampler(rng)
-        views = self.multicrop(patch.pop("image"), rng)
+        views = self.transform(patch.pop("image"), rng)
         return {**views, **patch}
 
 
@@ -142,7 +161,7 @@ def build_train_iterator(
     """This host's batches of `batch_size / process_count` examples: a checkpointable iterator."""
     local_batch = config.batch_size // process_count
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
-    ds = ds.map(SampleAndCrop(sampler, DinoMultiCrop(multicrop_config(config)), config.seed))
+    ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
     ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
     if config.data.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags

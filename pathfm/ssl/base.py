@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from pathfm.models.vit import ViTConfig, vit_config
+
 Params = Any
 Batch = dict[str, jax.Array]
 
@@ -37,6 +39,20 @@ class Method(Protocol):
 
     def frozen_rule(self) -> tuple[str | None, int]:
         """(regex over parameter paths, steps) of parameters that get no update at first."""
+
+
+def backbone_config(model, drop_path_rate: float) -> ViTConfig:
+    """The ViTConfig of `config.model` (a size name plus optional explicit dimensions)."""
+    overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
+    return vit_config(
+        model.size,
+        model.patch_size,
+        img_size=model.img_size,
+        mlp_ratio=model.mlp_ratio,
+        drop_path_rate=drop_path_rate,
+        dtype=model.dtype,
+        **overrides,
+    )
 
 
 def normalize_images(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:

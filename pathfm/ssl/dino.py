@@ -13,25 +13,15 @@ import ml_collections
 
 from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
-from pathfm.models.vit import VisionTransformer, vit_config
-from pathfm.ssl.base import Batch, Params, crop_major, ema, normalize_images
+from pathfm.models.vit import VisionTransformer
+from pathfm.ssl.base import Batch, Params, backbone_config, crop_major, ema, normalize_images
 from pathfm.ssl.dino_loss import dino_loss, update_center
 from pathfm.train.schedules import cosine_schedule, epoch_linear_warmup
 
 
 def build_backbone(model: ml_collections.ConfigDict, drop_path_rate: float) -> VisionTransformer:
     """The ViT described by `config.model` (size name plus optional explicit dimensions)."""
-    overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
-    cfg = vit_config(
-        model.size,
-        model.patch_size,
-        img_size=model.img_size,
-        mlp_ratio=model.mlp_ratio,
-        drop_path_rate=drop_path_rate,
-        dtype=model.dtype,
-        **overrides,
-    )
-    return VisionTransformer(cfg)
+    return VisionTransformer(backbone_config(model, drop_path_rate))
 
 
 class Dino:

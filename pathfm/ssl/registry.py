@@ -6,8 +6,9 @@ import ml_collections
 
 from pathfm.ssl.base import Method
 from pathfm.ssl.dino import Dino
+from pathfm.ssl.mae import Mae
 
-METHODS: dict[str, type] = {"dino": Dino}
+METHODS: dict[str, type] = {"dino": Dino, "mae": Mae}
 
 
 def build_method(config: ml_collections.ConfigDict) -> Method:

@@ -1,0 +1,43 @@
+"""MAE ViT-L/16 as Campanella et al. pre-trained it (REFERENCE sections 1 and 4).
+
+Encoder ViT-L/16 (303M parameters), decoder 8 x 512 with 16 heads, mask ratio 0.75, norm-pix
+loss; AdamW (0.9, 0.95), weight decay 0.05 (constant, none on biases and 1-D parameters), no
+gradient clipping, lr = blr x batch / 256 with blr 1e-4 (MAE's default is 1.5e-4), 5 warm-up
+epochs then cosine to 0, 50 pseudo-epochs of 46,000 iterations (the paper's ~2.3M steps). Batch
+180 as the paper reports it; lr follows the batch you set. Augmentation: RandomResizedCrop(224,
+scale 0.2-1) and flips; patches at 0.5 um/px. Needs `--config.data.slides=...`.
+The argument `quick` shrinks it to a few CPU steps on synthetic slides.
+"""
+
+from pathfm.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.method = "mae"
+    c.epochs, c.steps_per_epoch, c.batch_size = 50, 46_000, 180
+    c.model.size, c.model.patch_size, c.model.drop_path_rate = "L", 16, 0.0
+    c.optim.update(
+        lr=1e-4,
+        min_lr=0.0,
+        warmup_epochs=5,
+        weight_decay=0.05,
+        weight_decay_end=0.05,
+        b1=0.9,
+        b2=0.95,
+        clip_grad=0.0,
+    )
+    c.crops.update(global_size=224, global_scale=(0.2, 1.0), vflip_p=0.0, rot90=False)
+    c.data.update(mpps=(0.5,), patch_size=256)
+    c.checkpoint.every_steps = 5000
+    c.monitor.every_steps = 5000
+    if arg == "quick":
+        c.epochs, c.steps_per_epoch, c.batch_size, c.log_every_steps = 2, 2, 8, 1
+        c.optim.warmup_epochs = 1
+        c.model.update(size="T", embed_dim=32, depth=2, num_heads=2, img_size=32)
+        c.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+        c.crops.global_size, c.data.patch_size, c.data.synthetic_size = 32, 48, 2048
+        c.monitor.every_steps, c.monitor.num_patches = 4, 16
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
+    return c

@@ -1,0 +1,66 @@
+"""MAE: masked autoencoding of 75% of the patches with a light decoder (REFERENCE section 4).
+
+Follows facebookresearch/mae main_pretrain.py / models_mae.py. Batches hold uint8 `images`
+[B, S, S, 3] (one random-resized crop + flip each); normalisation, masking and the norm-pix loss
+run on the accelerator. There is no teacher: `extra` is empty.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pathfm.models.mae import MAE, MAEEncoder, xavier_block_kernels
+from pathfm.ssl.base import Batch, Params, backbone_config, normalize_images
+from pathfm.ssl.mae_ops import mae_loss
+
+
+class Mae:
+    """MAE as a `pathfm.ssl.base.Method`."""
+
+    name = "mae"
+    batch_keys = ("images",)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        m = config.mae
+        self.vit = backbone_config(config.model, config.model.drop_path_rate)
+        self.model = MAE(self.vit, m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads)
+        self.encoder = MAEEncoder(backbone_config(config.model, 0.0))
+        self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    def init(self, rng: jax.Array) -> tuple[Params, Params]:
+        size = self.config.crops.global_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        k_params, k_mask, k_xavier = jax.random.split(rng, 3)
+        variables = self.model.init(
+            {"params": k_params}, images, k_mask, self.config.mae.mask_ratio
+        )
+        return xavier_block_kernels(variables["params"], k_xavier), {}
+
+    def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
+        images = normalize_images(batch["images"], self.mean, self.std)  # float32 targets
+        mask_key, drop_key = jax.random.split(rng)
+        pred, mask = self.model.apply(
+            {"params": params},
+            images.astype(jnp.dtype(self.vit.dtype)),
+            mask_key,
+            self.config.mae.mask_ratio,
+            train=True,
+            rngs={"dropout": drop_key},
+        )
+        loss = mae_loss(images, pred, mask, self.vit.patch_size, self.config.mae.norm_pix_loss)
+        return loss, {"metrics": {"masked_fraction": jnp.mean(mask)}}
+
+    def update_extra(self, extra: Params, params: Params, aux: dict, step) -> Params:
+        return extra
+
+    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
+        """Encoder CLS [B, D] on all patches (mask ratio 0: nothing removed, order irrelevant)."""
+        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.vit.dtype))
+        latent, _, _ = self.encoder.apply({"params": params["encoder"]}, x, jax.random.key(0), 0.0)
+        return latent[:, 0]
+
+    def frozen_rule(self) -> tuple[str | None, int]:
+        return None, 0
