@@ -39,6 +39,34 @@ def dino_decay_mask(params: Any) -> Any:
     return tree_mask(params, lambda path, x: not path.endswith("bias") and x.ndim > 1)
 
 
+_EMBEDDING_NAMES = ("patch_embed", "pos_embed", "cls_token", "reg_token", "mask_token")
+_BLOCK = re.compile(r"(?:^|/)blocks_(\d+)/")
+
+
+def layer_id(path: str, depth: int) -> int:
+    """DINOv2's `get_vit_lr_decay_rate` layer id: 0 for the backbone's embeddings and tokens,
+    i + 1 for block i, depth + 1 for everything else (final norm, heads)."""
+    if path.startswith(("backbone/", "encoder/")):
+        if any(f"/{name}" in f"/{path}" for name in _EMBEDDING_NAMES):
+            return 0
+        if match := _BLOCK.search(path):
+            return int(match.group(1)) + 1
+    return depth + 1
+
+
+def lr_multipliers(
+    params: Any, depth: int, layer_decay: float = 1.0, patch_embed_mult: float = 1.0
+) -> Any:
+    """Per-parameter lr factors: layer_decay ** (depth + 1 - layer_id), and x patch_embed_mult on
+    the patch embedding (DINOv2's param groups; 1.0 and 1.0 leave every factor at 1)."""
+
+    def factor(path: str, leaf) -> float:
+        f = layer_decay ** (depth + 1 - layer_id(path, depth))
+        return f * patch_embed_mult if "patch_embed/" in path else f
+
+    return tree_mask(params, factor)
+
+
 def regex_predicate(pattern: str) -> PathPredicate:
     """Matches parameter paths against a regex (re.search)."""
     compiled = re.compile(pattern)
@@ -78,15 +106,22 @@ def add_scheduled_weight_decay(schedule: Schedule, mask: Any) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
-def scale_by_neg_schedule(schedule: Schedule) -> optax.GradientTransformation:
-    """updates * -lr(step)."""
+def scale_by_neg_schedule(
+    schedule: Schedule, multipliers: Any | None = None
+) -> optax.GradientTransformation:
+    """updates * -lr(step), times a per-parameter factor when `multipliers` is given (as a
+    PyTorch param group's lr: the decoupled weight decay is scaled by it too)."""
 
     def init(params):
         return CountState(jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
         lr = schedule(state.count)
-        return jax.tree.map(lambda u: -lr * u, updates), CountState(state.count + 1)
+        if multipliers is None:
+            new = jax.tree.map(lambda u: -lr * u, updates)
+        else:
+            new = jax.tree.map(lambda u, m: -lr * m * u, updates, multipliers)
+        return new, CountState(state.count + 1)
 
     return optax.GradientTransformation(init, update)
 
@@ -140,11 +175,13 @@ def adamw(
     decay_mask: Any | None = None,
     frozen: PathPredicate | None = None,
     frozen_steps: int = 0,
+    lr_mults: Any | None = None,
 ) -> optax.GradientTransformation:
     """The reference AdamW: clipping, Adam, scheduled decoupled weight decay, lr, freezing.
 
     `params` only provides the tree structure for the masks. `frozen` selects parameters that get
-    no update at all for the first `frozen_steps` steps.
+    no update at all for the first `frozen_steps` steps. `lr_mults` holds per-parameter lr
+    factors (layer-wise decay, patch-embedding multiplier).
     """
     decay_mask = dino_decay_mask(params) if decay_mask is None else decay_mask
     adam = lambda: optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
@@ -162,7 +199,10 @@ def adamw(
     else:
         frozen_mask = None
         parts.append(adam())
-    parts += [add_scheduled_weight_decay(weight_decay, decay_mask), scale_by_neg_schedule(lr)]
+    parts += [
+        add_scheduled_weight_decay(weight_decay, decay_mask),
+        scale_by_neg_schedule(lr, lr_mults),
+    ]
     if frozen_mask is not None:
         parts.append(zero_while_frozen(frozen_mask, frozen_steps))
     return optax.chain(*parts)
@@ -181,6 +221,12 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
     lr = cosine_schedule(peak, o.min_lr, total, int(o.warmup_epochs * spe))
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, total)
     pattern, frozen_steps = method.frozen_rule()
+    lr_mults = None
+    if o.layer_decay != 1.0 or o.patch_embed_lr_mult != 1.0:
+        from pathfm.ssl.base import backbone_config
+
+        depth = backbone_config(config.model, 0.0).depth
+        lr_mults = lr_multipliers(params, depth, o.layer_decay, o.patch_embed_lr_mult)
     optimizer = adamw(
         params,
         lr,
@@ -191,5 +237,6 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
         clip_grad=o.clip_grad,
         frozen=regex_predicate(pattern) if pattern else None,
         frozen_steps=frozen_steps,
+        lr_mults=lr_mults,
     )
     return optimizer, {"lr": lr, "wd": wd}
