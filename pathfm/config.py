@@ -122,6 +122,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def quick_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks an experiment to a few CPU steps on synthetic slides, keeping its method and
+    recipe (every paper config's `:quick` argument)."""
+    c.epochs, c.steps_per_epoch, c.batch_size, c.log_every_steps = 2, 2, 8, 1
+    c.optim.warmup_epochs = min(c.optim.warmup_epochs, 1)
+    c.dino.warmup_teacher_temp_epochs = min(c.dino.warmup_teacher_temp_epochs, 1)
+    c.model.update(size="T", embed_dim=32, depth=2, num_heads=2, img_size=32)
+    c.dino.update(out_dim=256, hidden_dim=64, bottleneck_dim=32)
+    c.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    c.crops.update(global_size=32, local_size=16, n_local=min(c.crops.n_local, 2))
+    c.data.update(slides="", patch_size=48, synthetic_size=2048, synthetic_slides=2)
+    c.monitor.update(every_steps=4, num_patches=16, batch_size=8)
+    c.checkpoint.every_steps = 2
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """The experiment as published (`arg` empty) or its `quick` CPU variant."""
+    if arg == "quick":
+        return quick_variant(c)
+    if arg:
+        raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
+    return c
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config.{key}: {message}")

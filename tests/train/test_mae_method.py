@@ -16,8 +16,8 @@ from pathfm.train.state import create_state, jit_train_step, make_train_step
 
 
 def load(arg=None):
-    path = REPO / "configs" / "mae_vitl16.py"
-    spec = importlib.util.spec_from_file_location("mae_vitl16", path)
+    path = REPO / "configs" / "campanella_mae_vitl16.py"
+    spec = importlib.util.spec_from_file_location("campanella_mae_vitl16", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)

@@ -9,7 +9,7 @@ scale 0.2-1) and flips; patches at 0.5 um/px. Needs `--config.data.slides=...`.
 The argument `quick` shrinks it to a few CPU steps on synthetic slides.
 """
 
-from pathfm.config import base_config
+from pathfm.config import apply_variant, base_config
 
 
 def get_config(arg: str | None = None):
@@ -31,13 +31,4 @@ def get_config(arg: str | None = None):
     c.data.update(mpps=(0.5,), patch_size=256)
     c.checkpoint.every_steps = 5000
     c.monitor.every_steps = 5000
-    if arg == "quick":
-        c.epochs, c.steps_per_epoch, c.batch_size, c.log_every_steps = 2, 2, 8, 1
-        c.optim.warmup_epochs = 1
-        c.model.update(size="T", embed_dim=32, depth=2, num_heads=2, img_size=32)
-        c.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-        c.crops.global_size, c.data.patch_size, c.data.synthetic_size = 32, 48, 2048
-        c.monitor.every_steps, c.monitor.num_patches = 4, 16
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
-    return c
+    return apply_variant(c, arg)
