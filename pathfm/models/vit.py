@@ -3,11 +3,20 @@
 Parameter tree (timm key in brackets):
   patch_embed/proj/{kernel [p,p,3,D], bias}        [patch_embed.proj.weight [D,3,p,p], .bias]
   cls_token [1,1,D]                                  [cls_token]
-  pos_embed [1,1+N,D] (CLS row first)                [pos_embed]
+  reg_token [1,R,D] (only if num_registers > 0)      [reg_token]
+  pos_embed [1,1+N,D] (CLS row first), or [1,N,D] with no_embed_class   [pos_embed]
+  mask_token [1,D] (only if use_mask_token; DINOv2's `mask_token`, not in timm)
   blocks_{i}/norm1, attn/qkv, attn/proj, norm2, mlp/fc1, mlp/fc2   [blocks.{i}.*]
+  blocks_{i}/ls1/gamma, ls2/gamma [D] (only if layer_scale_init > 0)  [blocks.{i}.ls1.gamma, ...]
   norm/{scale, bias}                                 [norm.weight, norm.bias]
 Dense kernels are [in, out] (timm's Linear weights transposed). The qkv output is laid out
 (3, heads, head_dim) as in timm. LayerNorm eps 1e-6, exact (erf) GELU.
+
+Token order is CLS, registers, patches. Registers never get a position embedding. With
+no_embed_class=True (timm `vit_*_reg4_dinov2`) CLS gets none either and the layout is timm's 1:1.
+With no_embed_class=False and registers it is DINOv2's own layout (pos_embed keeps a CLS row,
+registers are inserted after the position embedding is added), which timm's `_convert_dinov2` maps
+exactly onto timm no_embed_class=True: cls_token += pos_embed[:, :1]; pos_embed = pos_embed[:, 1:].
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "giant": (1536, 40, 24),
 }
 SIZE_ALIASES = {"T": "tiny", "S": "small", "B": "base", "L": "large", "g": "giant"}
+FFN_TYPES = ("mlp", "swiglu")
 
 trunc_normal_02 = nn.initializers.truncated_normal(stddev=0.02)
 LN_EPS = 1e-6
@@ -48,10 +58,28 @@ class ViTConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.0
     dtype: str = "float32"  # matmul/activation dtype; parameters stay float32
+    layer_scale_init: float = 0.0  # > 0: LayerScale gammas ls1/ls2 start at this (DINOv2: 1e-5)
+    num_registers: int = 0  # register tokens after CLS (DINOv2-reg: 4); no position embedding
+    no_embed_class: bool = False  # True: pos_embed covers only patches [1, N, D] (timm semantics)
+    ffn: str = "mlp"  # "mlp" (fc1-GELU-fc2) or "swiglu" (timm SwiGLUPacked)
+    mlp_hidden: int = 0  # FFN inner width; 0: int(D*mlp_ratio), for swiglu DINOv2's 2/3 rule of it
+    use_mask_token: bool = False  # create the iBOT `mask_token` [1, D] so `masks=` can be passed
+    drop_path_uniform: bool = False  # True: every block drops at drop_path_rate (DINOv2 default)
+
+    def __post_init__(self) -> None:
+        if self.ffn not in FFN_TYPES:
+            raise ValueError(f"unknown ffn {self.ffn!r}; use one of {FFN_TYPES}")
+        if self.num_registers < 0 or self.layer_scale_init < 0 or self.mlp_hidden < 0:
+            raise ValueError("num_registers, layer_scale_init and mlp_hidden must be >= 0")
 
     @property
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: CLS plus registers."""
+        return 1 + self.num_registers
 
 
 def vit_config(size: str, patch_size: int, **overrides) -> ViTConfig:
@@ -66,20 +94,35 @@ def vit_config(size: str, patch_size: int, **overrides) -> ViTConfig:
     return ViTConfig(**base)
 
 
-def resample_pos_embed(pos_embed: jax.Array, new_grid: tuple[int, int]) -> jax.Array:
-    """Bicubically resample patch position embeddings [1, 1+h*w, D] (CLS first) to a new grid.
+def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0) -> int:
+    """DINOv2's SwiGLU inner width: (int(int(dim*mlp_ratio) * 2/3) + 7) // 8 * 8 (g/14: 4096)."""
+    return (int(int(dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+def ffn_hidden_dim(dim: int, mlp_ratio: float, ffn: str = "mlp", mlp_hidden: int = 0) -> int:
+    """Inner FFN width (fc2's input): `mlp_hidden` if set, else the mlp or SwiGLU default."""
+    if mlp_hidden:
+        return mlp_hidden
+    return swiglu_hidden_dim(dim, mlp_ratio) if ffn == "swiglu" else int(dim * mlp_ratio)
+
+
+def resample_pos_embed(
+    pos_embed: jax.Array, new_grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> jax.Array:
+    """Bicubically resample patch position embeddings [1, prefix+h*w, D] to a new grid.
 
     Uses antialiased Keys-cubic (a=-0.5) resampling, the kernel of timm's `resample_abs_pos_embed`
-    (bicubic, antialias=True); the CLS row is kept as is.
+    (bicubic, antialias=True); the first `num_prefix_tokens` rows (CLS; 0 for no_embed_class) are
+    kept as is.
     """
-    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    prefix_pos, patch_pos = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     old = round(np.sqrt(patch_pos.shape[1]))
     if (old, old) == tuple(new_grid):
         return pos_embed
     dim = patch_pos.shape[-1]
     grid = patch_pos.reshape(1, old, old, dim).astype(jnp.float32)
     grid = jax.image.resize(grid, (1, *new_grid, dim), method="bicubic", antialias=True)
-    return jnp.concatenate([cls_pos, grid.reshape(1, -1, dim).astype(pos_embed.dtype)], axis=1)
+    return jnp.concatenate([prefix_pos, grid.reshape(1, -1, dim).astype(pos_embed.dtype)], axis=1)
 
 
 class DropPath(nn.Module):
@@ -96,6 +139,18 @@ class DropPath(nn.Module):
             self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
         )
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale x * gamma, gamma [D] initialised to `init_value` (timm `LayerScale`)."""
+
+    dim: int
+    init_value: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D]
+        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (self.dim,))
+        return x * gamma.astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -136,8 +191,31 @@ class Mlp(nn.Module):
         return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=trunc_normal_02, name="fc2")(x)
 
 
+class SwiGLUPacked(nn.Module):
+    """timm `SwiGLUPacked` / DINOv2 `SwiGLUFFN`: x1, x2 = split(fc1(x)); fc2(silu(x1) * x2).
+
+    fc1: D -> 2*hidden_dim (timm fc1 = DINOv2 w12; first half x1 is gated by SiLU), fc2: hidden_dim
+    -> out_dim (timm fc2 = DINOv2 w3).
+    """
+
+    hidden_dim: int
+    out_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., out_dim]
+        dense = lambda n, name: nn.Dense(
+            n, dtype=self.dtype, kernel_init=trunc_normal_02, name=name
+        )
+        x1, x2 = jnp.split(dense(2 * self.hidden_dim, "fc1")(x), 2, axis=-1)
+        return dense(self.out_dim, "fc2")(nn.silu(x1) * x2)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x)))."""
+    """Pre-norm block: x + DropPath(LS1(Attn(LN(x)))), x + DropPath(LS2(FFN(LN(x)))).
+
+    LayerScale only when `layer_scale_init` > 0; `ffn` "mlp" or "swiglu" (see `ffn_hidden_dim`).
+    """
 
     dim: int
     num_heads: int
@@ -145,60 +223,105 @@ class Block(nn.Module):
     qkv_bias: bool
     drop_path: float
     dtype: jnp.dtype
+    layer_scale_init: float = 0.0
+    ffn: str = "mlp"
+    mlp_hidden: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:  # [B, N, D]
         norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name=name)
+        scale = lambda y, name: (
+            LayerScale(self.dim, self.layer_scale_init, name=name)(y)
+            if self.layer_scale_init > 0
+            else y
+        )
         drop = DropPath(self.drop_path)
         y = Attention(self.dim, self.num_heads, self.qkv_bias, self.dtype, name="attn")(
             norm("norm1")(x).astype(self.dtype)
         )
-        x = x + drop(y.astype(x.dtype), deterministic)
-        hidden = int(self.dim * self.mlp_ratio)
-        y = Mlp(hidden, self.dim, self.dtype, name="mlp")(norm("norm2")(x).astype(self.dtype))
-        return x + drop(y.astype(x.dtype), deterministic)
+        x = x + drop(scale(y.astype(x.dtype), "ls1"), deterministic)
+        if self.ffn not in FFN_TYPES:
+            raise ValueError(f"unknown ffn {self.ffn!r}; use one of {FFN_TYPES}")
+        hidden = ffn_hidden_dim(self.dim, self.mlp_ratio, self.ffn, self.mlp_hidden)
+        ffn_cls = SwiGLUPacked if self.ffn == "swiglu" else Mlp
+        y = ffn_cls(hidden, self.dim, self.dtype, name="mlp")(norm("norm2")(x).astype(self.dtype))
+        return x + drop(scale(y.astype(x.dtype), "ls2"), deterministic)
 
 
 class VisionTransformer(nn.Module):
-    """ViT backbone: images [B, H, W, 3] -> (CLS embedding [B, D], {'patch_tokens': [B, N, D]}).
+    """ViT backbone: images [B, H, W, 3] -> (CLS embedding [B, D], aux dict).
 
-    H and W must be multiples of the patch size; other sizes than `img_size` interpolate the
-    position embedding. The residual stream is float32; matmuls run in `config.dtype`.
+    aux: {'patch_tokens': [B, N, D]} plus 'register_tokens' [B, R, D] when num_registers > 0; all
+    after the final LayerNorm. H and W must be multiples of the patch size; other sizes than
+    `img_size` interpolate the position embedding. `masks` (bool [B, N], True = masked, needs
+    `use_mask_token`) replaces those patch embeddings by `mask_token` before the position embedding
+    is added (DINOv2 `prepare_tokens_with_masks`). The residual stream is float32; matmuls run in
+    `config.dtype`.
     """
 
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False):
+    def __call__(
+        self, images: jax.Array, *, train: bool = False, masks: jax.Array | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        dim, regs = cfg.embed_dim, cfg.num_registers
         batch, height, width, _ = images.shape
         p = cfg.patch_size
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch size {p}")
-        x = _PatchEmbed(cfg.embed_dim, p, dtype, name="patch_embed")(images)
+        x = _PatchEmbed(dim, p, dtype, name="patch_embed")(images)
         grid = (height // p, width // p)
-        x = x.reshape(batch, grid[0] * grid[1], cfg.embed_dim).astype(jnp.float32)
+        x = x.reshape(batch, grid[0] * grid[1], dim).astype(jnp.float32)  # [B, N, D]
 
-        cls_token = self.param("cls_token", trunc_normal_02, (1, 1, cfg.embed_dim))
-        num_patches = cfg.grid_size**2
-        pos_embed = self.param("pos_embed", trunc_normal_02, (1, 1 + num_patches, cfg.embed_dim))
-        x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, cfg.embed_dim)), x], axis=1)
-        x = x + resample_pos_embed(pos_embed, grid)
+        cls_token = self.param("cls_token", trunc_normal_02, (1, 1, dim))
+        pos_prefix = 0 if cfg.no_embed_class else 1
+        pos_shape = (1, pos_prefix + cfg.grid_size**2, dim)
+        pos_embed = self.param("pos_embed", trunc_normal_02, pos_shape)
+        if cfg.use_mask_token:
+            mask_token = self.param("mask_token", nn.initializers.zeros, (1, dim))
+        if masks is not None:
+            if not cfg.use_mask_token:
+                raise ValueError("masks need a mask token: build the ViT with use_mask_token=True")
+            if masks.shape != x.shape[:2]:
+                raise ValueError(f"masks must be [B, N] = {x.shape[:2]}, got {masks.shape}")
+            x = jnp.where(masks[..., None], mask_token.astype(x.dtype), x)
 
-        rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
+        pos = resample_pos_embed(pos_embed, grid, num_prefix_tokens=pos_prefix)
+        cls = jnp.broadcast_to(cls_token, (batch, 1, dim))
+        if cfg.no_embed_class:
+            x = jnp.concatenate([cls, x + pos], axis=1)
+        else:
+            x = jnp.concatenate([cls, x], axis=1) + pos
+        if regs:
+            reg_token = self.param("reg_token", nn.initializers.normal(1e-6), (1, regs, dim))
+            reg = jnp.broadcast_to(reg_token, (batch, regs, dim))
+            x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)  # [B, 1+R+N, D]
+
+        if cfg.drop_path_uniform:
+            rates = np.full(cfg.depth, cfg.drop_path_rate)
+        else:
+            rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
         for i in range(cfg.depth):
             x = Block(
-                cfg.embed_dim,
+                dim,
                 cfg.num_heads,
                 cfg.mlp_ratio,
                 cfg.qkv_bias,
                 float(rates[i]),
                 dtype,
+                cfg.layer_scale_init,
+                cfg.ffn,
+                cfg.mlp_hidden,
                 name=f"blocks_{i}",
             )(x, deterministic=not train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm")(x)
-        return x[:, 0], {"patch_tokens": x[:, 1:]}
+        aux = {"patch_tokens": x[:, 1 + regs :]}
+        if regs:
+            aux["register_tokens"] = x[:, 1 : 1 + regs]
+        return x[:, 0], aux
 
 
 class _PatchEmbed(nn.Module):

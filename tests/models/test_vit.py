@@ -1,9 +1,20 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from pathfm.models.vit import VisionTransformer, resample_pos_embed, vit_config
+from pathfm.models.vit import (
+    Block,
+    SwiGLUPacked,
+    VisionTransformer,
+    ffn_hidden_dim,
+    resample_pos_embed,
+    swiglu_hidden_dim,
+    vit_config,
+)
 
 
 def _init(cfg, size, batch=2, seed=0):
@@ -126,3 +137,210 @@ def test_bfloat16_matmuls_keep_float32_params():
     ref = _apply(VisionTransformer(vit_config("T", 16, img_size=32, depth=1)), params, x)[0]
     assert cls.dtype == jnp.float32
     np.testing.assert_allclose(cls, ref, atol=0.1)
+
+
+# --- DINOv2 backbone options: LayerScale, registers, no_embed_class, SwiGLU, iBOT mask token ---
+# These tests fill parameters from eval_shape with NumPy values: a jitted init compiles slowly here.
+
+
+def _jit_apply(model):
+    """One jitted eval-mode apply per model, reused for every call with the same shapes."""
+    return jax.jit(lambda p, x, m=None: model.apply({"params": p}, x, masks=m))
+
+
+def _shapes(cfg, size):
+    images = jnp.zeros((1, size, size, 3))
+    return jax.eval_shape(VisionTransformer(cfg).init, jax.random.key(0), images)["params"]
+
+
+def _random_params(cfg, size, seed=0, scale=0.3):
+    rng = np.random.default_rng(seed)
+    fill = lambda s: jnp.asarray(rng.normal(0.0, scale, s.shape), jnp.float32)
+    return jax.tree.map(fill, _shapes(cfg, size))
+
+
+def _count(params):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _vit_count(d, depth, hidden, fc1_out, tokens, pos_rows, ls=True, p=14):
+    """Parameter count of a ViT (no head) from its architecture."""
+    block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * fc1_out + fc1_out) + (hidden * d + d)
+    block += 2 * d if ls else 0
+    return p * p * 3 * d + d + tokens * d + pos_rows * d + depth * block + 2 * d
+
+
+def test_dinov2_parameter_counts_and_names():
+    # timm vit_large_patch14_reg4_dinov2 (img 518, 37x37 patches): 304.37M; no CLS pos row.
+    dinov2 = dict(num_registers=4, no_embed_class=True, layer_scale_init=1e-5)
+    params = _shapes(vit_config("L", 14, img_size=518, **dinov2), 518)
+    assert _count(params) == _vit_count(1024, 24, 4096, 4096, 1 + 4, 37 * 37) == 304_370_688
+    assert params["pos_embed"].shape == (1, 37 * 37, 1024)
+    assert params["reg_token"].shape == (1, 4, 1024)
+    assert set(params["blocks_0"]) == {"norm1", "attn", "ls1", "norm2", "mlp", "ls2"}
+    assert params["blocks_0"]["ls1"]["gamma"].shape == (1024,)
+    assert "mask_token" not in params
+    # At 224 (16x16 patches), with the iBOT mask token: backbone 303.2M + 1024.
+    params = _shapes(vit_config("L", 14, img_size=224, use_mask_token=True, **dinov2), 224)
+    assert _count(params) == _vit_count(1024, 24, 4096, 4096, 1 + 4 + 1, 16 * 16) == 303_232_000
+    assert params["mask_token"].shape == (1, 1024)
+    # timm vit_giant_patch14_dinov2 (SwiGLUPacked, hidden 4096, CLS pos row): 1136.48M.
+    params = _shapes(vit_config("g", 14, img_size=518, ffn="swiglu", layer_scale_init=1e-5), 518)
+    assert _count(params) == _vit_count(1536, 40, 4096, 8192, 1, 1 + 37 * 37) == 1_136_479_232
+    assert params["blocks_0"]["mlp"]["fc1"]["kernel"].shape == (1536, 2 * 4096)
+    assert params["blocks_0"]["mlp"]["fc2"]["kernel"].shape == (4096, 1536)
+
+
+def test_new_parameters_are_initialised_as_dinov2():
+    cfg = vit_config(
+        "T", 8, img_size=16, depth=1, embed_dim=16, num_heads=2, layer_scale_init=1e-5,
+        num_registers=2, use_mask_token=True,
+    )  # fmt: skip
+    params = jax.jit(VisionTransformer(cfg).init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    params = params["params"]
+    for name in ("ls1", "ls2"):
+        np.testing.assert_array_equal(
+            params["blocks_0"][name]["gamma"], np.full(16, 1e-5, np.float32)
+        )
+    np.testing.assert_array_equal(params["mask_token"], np.zeros((1, 16)))
+    assert 0 < np.abs(params["reg_token"]).max() < 1e-4  # DINOv2/timm: normal(std=1e-6)
+
+
+def test_layer_scale_with_unit_gamma_equals_the_plain_block():
+    kw = dict(img_size=16, depth=2, embed_dim=16, num_heads=2)
+    cfg = vit_config("T", 8, layer_scale_init=1e-5, **kw)
+    params = _random_params(cfg, 16)
+    ones = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.ones_like(v) if path[-1].key == "gamma" else v, params
+    )
+    plain = {k: v for k, v in ones.items() if not k.startswith("blocks_")}
+    for i in range(2):
+        plain[f"blocks_{i}"] = {k: v for k, v in ones[f"blocks_{i}"].items() if k[:2] != "ls"}
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    cls_ls, aux_ls = _jit_apply(VisionTransformer(cfg))(ones, x)
+    cls, aux = _jit_apply(VisionTransformer(vit_config("T", 8, **kw)))(plain, x)
+    np.testing.assert_allclose(cls_ls, cls, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(aux_ls["patch_tokens"], aux["patch_tokens"], rtol=1e-6, atol=1e-6)
+
+
+def _ln(v):
+    return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
+
+
+def test_token_assembly_registers_pos_embed_and_mask_token():
+    # depth 0 and an identity final norm: outputs are LN(input tokens), showing each token's input.
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    masks = np.array([[True, False, False, True], [False] * 4])
+    for no_embed_class in (False, True):
+        cfg = vit_config(
+            "T", 8, img_size=16, depth=0, embed_dim=8, num_heads=2, num_registers=3,
+            no_embed_class=no_embed_class, use_mask_token=True,
+        )  # fmt: skip
+        params = jax.tree.map(np.asarray, _random_params(cfg, 16, scale=1.0))
+        params["norm"] = {"scale": np.ones(8, np.float32), "bias": np.zeros(8, np.float32)}
+        cls, aux = _jit_apply(VisionTransformer(cfg))(params, x, masks)
+        assert params["pos_embed"].shape == (1, 4 + (not no_embed_class), 8)
+        assert aux["register_tokens"].shape == (2, 3, 8) and aux["patch_tokens"].shape == (2, 4, 8)
+
+        k = params["patch_embed"]["proj"]
+        xn = np.asarray(x, np.float64).reshape(2, 2, 8, 2, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+        patches = xn.reshape(2, 4, -1) @ k["kernel"].reshape(-1, 8) + k["bias"]
+        patches = np.where(masks[..., None], params["mask_token"], patches)  # before pos embed
+        pos = params["pos_embed"][0]
+        cls_pos, patch_pos = (0.0, pos) if no_embed_class else (pos[0], pos[1:])
+        np.testing.assert_allclose(cls, _ln(params["cls_token"][0] + cls_pos)[[0, 0]], atol=1e-5)
+        regs = _ln(params["reg_token"][0])  # no position embedding for registers
+        np.testing.assert_allclose(
+            aux["register_tokens"], np.broadcast_to(regs, (2, 3, 8)), atol=1e-5
+        )
+        np.testing.assert_allclose(aux["patch_tokens"], _ln(patches + patch_pos), atol=1e-5)
+
+
+def test_registers_attend_and_dinov2_layout_converts_to_timm():
+    kw = dict(img_size=16, depth=1, embed_dim=16, num_heads=2, num_registers=2, layer_scale_init=1)
+    timm_cfg = vit_config("T", 8, no_embed_class=True, **kw)
+    params = _random_params(timm_cfg, 16)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    apply = _jit_apply(VisionTransformer(timm_cfg))
+    cls, aux = apply(params, x)
+    changed = dict(params, reg_token=jax.random.normal(jax.random.key(6), (1, 2, 16)))
+    assert not np.allclose(apply(changed, x)[0], cls, atol=1e-3)  # CLS attends to the registers
+    # DINOv2's own layout (CLS pos row, registers without) -> timm by _convert_dinov2:
+    # cls_token += pos_embed[:, :1]; pos_embed = pos_embed[:, 1:]. Both give the same outputs.
+    cls_row = jax.random.normal(jax.random.key(5), (1, 1, 16))
+    native_params = dict(
+        params,
+        cls_token=params["cls_token"] - cls_row,
+        pos_embed=jnp.concatenate([cls_row, params["pos_embed"]], axis=1),
+    )
+    n_cls, n_aux = _jit_apply(VisionTransformer(vit_config("T", 8, **kw)))(native_params, x)
+    np.testing.assert_allclose(n_cls, cls, atol=1e-5)
+    for key in ("patch_tokens", "register_tokens"):
+        np.testing.assert_allclose(n_aux[key], aux[key], atol=1e-5)
+
+
+def test_swiglu_matches_numpy_and_hidden_size_rule():
+    assert swiglu_hidden_dim(1536) == 4096 and swiglu_hidden_dim(1024) == 2736
+    assert swiglu_hidden_dim(16) == 48 and ffn_hidden_dim(16, 4.0, "swiglu", mlp_hidden=24) == 24
+    assert ffn_hidden_dim(16, 4.0) == 64
+    cfg = vit_config("T", 8, img_size=16, depth=1, embed_dim=16, num_heads=2, ffn="swiglu")
+    block = _shapes(cfg, 16)["blocks_0"]
+    assert block["mlp"]["fc1"]["kernel"].shape == (16, 96)
+    assert block["mlp"]["fc2"]["kernel"].shape == (48, 16)
+    with pytest.raises(ValueError, match="ffn"):
+        vit_config("T", 8, ffn="geglu")
+
+    rng = np.random.default_rng(0)
+    p = {
+        "fc1": {"kernel": rng.normal(0, 0.3, (16, 48)), "bias": rng.normal(0, 0.3, 48)},
+        "fc2": {"kernel": rng.normal(0, 0.3, (24, 16)), "bias": rng.normal(0, 0.3, 16)},
+    }
+    x = rng.normal(size=(2, 3, 16))
+    to32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
+    out = jax.jit(SwiGLUPacked(24, 16).apply)({"params": to32(p)}, to32(x))
+    h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+    x1, x2 = h[..., :24], h[..., 24:]  # timm SwiGLUPacked: x1, x2 = fc1(x).chunk(2); silu(x1) * x2
+    ref = (x1 / (1 + np.exp(-x1)) * x2) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_masks_replace_patches_by_the_mask_token():
+    cfg = vit_config("T", 8, img_size=16, depth=1, embed_dim=16, num_heads=2, use_mask_token=True)
+    model = VisionTransformer(cfg)
+    params = _random_params(cfg, 16)
+    x = jax.random.normal(jax.random.key(8), (2, 16, 16, 3))
+    apply = _jit_apply(model)
+    cls_full, aux_full = apply(params, x, jnp.ones((2, 4), bool))
+    np.testing.assert_allclose(cls_full[0], cls_full[1], atol=1e-5)  # only the mask token left
+    np.testing.assert_allclose(aux_full["patch_tokens"][0], aux_full["patch_tokens"][1], atol=1e-5)
+    masks = jnp.array([[True, False, True, False], [False] * 4])
+    cls_part, aux_part = apply(params, x, masks)
+    cls, aux = apply(params, x)
+    np.testing.assert_allclose(cls_part[1], cls[1], atol=1e-6)  # unmasked image unchanged
+    np.testing.assert_allclose(aux_part["patch_tokens"][1], aux["patch_tokens"][1], atol=1e-6)
+    assert not np.allclose(cls_part[0], cls[0], atol=1e-4)
+
+    plain = VisionTransformer(dataclasses.replace(cfg, use_mask_token=False))
+    plain_params = {k: v for k, v in params.items() if k != "mask_token"}
+    with pytest.raises(ValueError, match="use_mask_token"):
+        jax.eval_shape(lambda p: plain.apply({"params": p}, x, masks=masks), plain_params)
+    with pytest.raises(ValueError, match="masks must be"):
+        jax.eval_shape(lambda p: model.apply({"params": p}, x, masks=masks[:, :3]), params)
+
+
+def test_drop_path_uniform_gives_every_block_the_full_rate():
+    def rates(**kw):
+        cfg = vit_config("T", 8, img_size=16, depth=3, drop_path_rate=0.4, **kw)
+        seen = []
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, Block) and context.method_name == "__call__":
+                seen.append(context.module.drop_path)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            _shapes(cfg, 16)
+        return seen
+
+    np.testing.assert_allclose(rates(), [0.0, 0.2, 0.4])
+    np.testing.assert_allclose(rates(drop_path_uniform=True), [0.4, 0.4, 0.4])
