@@ -147,6 +147,17 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     return c
 
 
+def kaiko_dino(size: str, patch_size: int, arg: str | None) -> ml_collections.ConfigDict:
+    """kaiko.ai's DINO ViT-<size>/<patch> (Aben et al. 2024): DINO's reference recipe plus what
+    the paper states: the 0.25/0.5/1/2 um/px mix, pathology flips and rotations, and the released
+    models' normalisation mean = std = 0.5. Settings the paper does not state keep DINO's."""
+    c = base_config()
+    c.model.size, c.model.patch_size = size, patch_size
+    c.data.update(mpps=(0.25, 0.5, 1.0, 2.0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    c.crops.update(vflip_p=0.5, rot90=True)
+    return apply_variant(c, arg)
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config.{key}: {message}")

@@ -21,7 +21,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from pathfm.models.sincos import sincos_2d_pos_embed
-from pathfm.models.vit import LN_EPS, Block, ViTConfig
+from pathfm.models.vit import LN_EPS, Block, ViTConfig, apply_blocks
 from pathfm.ssl.mae_ops import random_masking, unshuffle
 
 xavier_uniform = nn.initializers.xavier_uniform()
@@ -94,17 +94,7 @@ class MAEEncoder(nn.Module):
 
         cls_token = self.param("cls_token", normal_02, (1, 1, dim)) + pos[:, :1]
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, dim)), x], axis=1)
-        rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
-        for i in range(cfg.depth):
-            x = Block(
-                dim,
-                cfg.num_heads,
-                cfg.mlp_ratio,
-                cfg.qkv_bias,
-                float(rates[i]),
-                dtype,
-                name=f"blocks_{i}",
-            )(x, deterministic=not train)
+        x = apply_blocks(x, cfg, train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm")(x)
         return x, mask, ids_restore
 

@@ -248,6 +248,32 @@ class Block(nn.Module):
         return x + drop(scale(y.astype(x.dtype), "ls2"), deterministic)
 
 
+def apply_blocks(x: jax.Array, cfg: ViTConfig, train: bool) -> jax.Array:
+    """The transformer blocks `blocks_0..depth-1` of `cfg` on tokens x [B, T, D].
+
+    Call from inside a compact module's `__call__`: the blocks become its submodules. Stochastic
+    depth rises linearly over depth to `drop_path_rate` (DINO/timm), or is uniform (DINOv2)."""
+    if cfg.drop_path_uniform:
+        rates = np.full(cfg.depth, cfg.drop_path_rate)
+    else:
+        rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
+    dtype = jnp.dtype(cfg.dtype)
+    for i in range(cfg.depth):
+        x = Block(
+            cfg.embed_dim,
+            cfg.num_heads,
+            cfg.mlp_ratio,
+            cfg.qkv_bias,
+            float(rates[i]),
+            dtype,
+            cfg.layer_scale_init,
+            cfg.ffn,
+            cfg.mlp_hidden,
+            name=f"blocks_{i}",
+        )(x, deterministic=not train)
+    return x
+
+
 class VisionTransformer(nn.Module):
     """ViT backbone: images [B, H, W, 3] -> (CLS embedding [B, D], aux dict).
 
@@ -300,23 +326,7 @@ class VisionTransformer(nn.Module):
             reg = jnp.broadcast_to(reg_token, (batch, regs, dim))
             x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)  # [B, 1+R+N, D]
 
-        if cfg.drop_path_uniform:
-            rates = np.full(cfg.depth, cfg.drop_path_rate)
-        else:
-            rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
-        for i in range(cfg.depth):
-            x = Block(
-                dim,
-                cfg.num_heads,
-                cfg.mlp_ratio,
-                cfg.qkv_bias,
-                float(rates[i]),
-                dtype,
-                cfg.layer_scale_init,
-                cfg.ffn,
-                cfg.mlp_hidden,
-                name=f"blocks_{i}",
-            )(x, deterministic=not train)
+        x = apply_blocks(x, cfg, train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm")(x)
         aux = {"patch_tokens": x[:, 1 + regs :]}
         if regs:
