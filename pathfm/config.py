@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mlp_ratio = 4.0
     c.model.drop_path_rate = 0.1
     c.model.dtype = "float32"  # or "bfloat16" for matmuls; parameters stay float32
+    c.model.layer_scale_init = 0.0  # > 0: LayerScale (DINOv2: 1e-5)
+    c.model.num_registers = 0  # register tokens (kaiko's ViT-L/14: 4)
+    c.model.no_embed_class = False  # True: no position embedding on CLS/registers (timm DINOv2)
+    c.model.ffn = "mlp"  # or "swiglu" (DINOv2 ViT-g)
+    c.model.drop_path_uniform = False  # True: every block drops at drop_path_rate (DINOv2)
 
     c.dino = ml_collections.ConfigDict()
     c.dino.out_dim = 65536
@@ -58,8 +63,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.mae.decoder_depth = 8
     c.mae.decoder_num_heads = 16
 
+    c.dinov2 = (
+        ml_collections.ConfigDict()
+    )  # used when method == "dinov2"; temperatures etc. in dino
+    c.dinov2.centering = "centering"  # or "sinkhorn_knopp"
+    c.dinov2.ibot_separate_head = False
+    c.dinov2.dino_weight = 1.0
+    c.dinov2.koleo_weight = 0.1
+    c.dinov2.ibot_weight = 1.0
+    c.dinov2.mask_probability = 0.5  # fraction of global crops that get a block mask
+    c.dinov2.mask_ratio = (0.1, 0.5)  # stratified masking ratios
+
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-4  # peak lr per 256 images: peak = lr * batch_size / 256
+    c.optim.lr_scaling = "linear256"  # or "sqrt1024": peak = lr * sqrt(batch_size / 1024) (DINOv2)
     c.optim.min_lr = 1e-6
     c.optim.warmup_epochs = 10
     c.optim.weight_decay = 0.04
@@ -128,7 +145,7 @@ def quick_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.epochs, c.steps_per_epoch, c.batch_size, c.log_every_steps = 2, 2, 8, 1
     c.optim.warmup_epochs = min(c.optim.warmup_epochs, 1)
     c.dino.warmup_teacher_temp_epochs = min(c.dino.warmup_teacher_temp_epochs, 1)
-    c.model.update(size="T", embed_dim=32, depth=2, num_heads=2, img_size=32)
+    c.model.update(size="T", patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
     c.dino.update(out_dim=256, hidden_dim=64, bottleneck_dim=32)
     c.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     c.crops.update(global_size=32, local_size=16, n_local=min(c.crops.n_local, 2))
@@ -156,6 +173,23 @@ def kaiko_dino(size: str, patch_size: int, arg: str | None) -> ml_collections.Co
     c.data.update(mpps=(0.25, 0.5, 1.0, 2.0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     c.crops.update(vflip_p=0.5, rot90=True)
     return apply_variant(c, arg)
+
+
+def dinov2_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switches a config to DINOv2 with the settings every DINOv2 recipe shares
+    (facebookresearch/dinov2 ssl_default_config.yaml)."""
+    c.method = "dinov2"
+    c.model.update(layer_scale_init=1e-5, drop_path_uniform=True)
+    c.dino.update(
+        norm_last_layer=False,
+        momentum_teacher=0.992,
+        teacher_temp=0.07,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=30,
+    )
+    c.optim.update(lr_scaling="sqrt1024", patch_embed_lr_mult=0.2)
+    c.crops.update(global_scale=(0.32, 1.0), local_scale=(0.05, 0.32))
+    return c
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -239,6 +273,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     )
     _check_data_objects(c)
     _require(0.0 < c.mae.mask_ratio < 1.0, "mae.mask_ratio", "must be in (0, 1)")
+    _require(
+        c.dinov2.centering in ("centering", "sinkhorn_knopp"),
+        "dinov2.centering",
+        "use 'centering' or 'sinkhorn_knopp'",
+    )
+    _require(
+        c.optim.lr_scaling in ("linear256", "sqrt1024"),
+        "optim.lr_scaling",
+        "use 'linear256' or 'sqrt1024'",
+    )
+    _require(m.ffn in ("mlp", "swiglu"), "model.ffn", "use 'mlp' or 'swiglu'")
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
     _require(

@@ -23,6 +23,8 @@ PAPER_CONFIGS = {
     "kaiko_dino_vits8": 21.7e6,
     "kaiko_dino_vitb16": 86e6,
     "kaiko_dino_vitb8": 86e6,
+    "dinov2_vitl16": 303e6,
+    "kaiko_dinov2_vitl14_reg4": 303e6,
 }
 
 

@@ -24,6 +24,7 @@ from pathfm.data.single_crop import SingleCrop
 from pathfm.data.slides import find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
+from pathfm.ssl.masking import batch_masks
 
 STREAM_LENGTH = 2**62  # "endless": far more samples than any run draws
 PROBE_SEED_OFFSET = 1_000_003  # the monitor's probe set comes from its own seed stream
@@ -119,7 +120,25 @@ def _mae_crop(config: ml_collections.ConfigDict) -> SingleCrop:
     return SingleCrop(cr.global_size, tuple(cr.global_scale), vflip_p=cr.vflip_p, rot90=cr.rot90)
 
 
-HOST_TRANSFORMS = {"dino": _dino_crops, "mae": _mae_crop}
+HOST_TRANSFORMS = {"dino": _dino_crops, "dinov2": _dino_crops, "mae": _mae_crop}
+MASK_STREAM = 7_919  # block masks draw from their own seed stream
+
+
+@dataclasses.dataclass
+class AddBlockMasks:
+    """grain map over batches: DINOv2's block masks for the global crops, stratified over the
+    batch as `collate_data_and_cast`, seeded by (seed, first global index) so hosts differ."""
+
+    grid: tuple[int, int]
+    mask_probability: float
+    ratio_range: tuple[float, float]
+    seed: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        b, views = batch["global_crops"].shape[:2]
+        rng = np.random.default_rng([self.seed, MASK_STREAM, int(batch["index"][0])])
+        masks = batch_masks(b * views, self.grid, self.mask_probability, self.ratio_range, rng)
+        return {**batch, "masks": masks.reshape(views, b, -1).swapaxes(0, 1)}  # [B, 2, N]
 
 
 def host_transform(config: ml_collections.ConfigDict):
@@ -143,7 +162,7 @@ class SampleAndCrop:
         rng = sample_rng(self.seed, int(index))
         patch = self.sampler(rng)
         views = self.transform(patch.pop("image"), rng)
-        return {**views, **patch}
+        return {**views, **patch, "index": np.int64(index)}
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
@@ -162,7 +181,18 @@ def build_train_iterator(
     local_batch = config.batch_size // process_count
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
     ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
-    ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+    ds = ds.batch(local_batch, drop_remainder=True)
+    if config.method == "dinov2":
+        grid = config.crops.global_size // config.model.patch_size
+        ds = ds.map(
+            AddBlockMasks(
+                (grid, grid),
+                config.dinov2.mask_probability,
+                tuple(config.dinov2.mask_ratio),
+                config.seed,
+            )
+        )
+    ds = ds.to_iter_dataset()
     if config.data.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags
             flags.FLAGS.mark_as_parsed()

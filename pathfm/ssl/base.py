@@ -44,6 +44,9 @@ class Method(Protocol):
 def backbone_config(model, drop_path_rate: float) -> ViTConfig:
     """The ViTConfig of `config.model` (a size name plus optional explicit dimensions)."""
     overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
+    for key in ("layer_scale_init", "num_registers", "no_embed_class", "ffn", "drop_path_uniform"):
+        if key in model:
+            overrides[key] = model[key]
     return vit_config(
         model.size,
         model.patch_size,

@@ -6,9 +6,10 @@ import ml_collections
 
 from pathfm.ssl.base import Method
 from pathfm.ssl.dino import Dino
+from pathfm.ssl.dinov2 import DinoV2
 from pathfm.ssl.mae import Mae
 
-METHODS: dict[str, type] = {"dino": Dino, "mae": Mae}
+METHODS: dict[str, type] = {"dino": Dino, "dinov2": DinoV2, "mae": Mae}
 
 
 def build_method(config: ml_collections.ConfigDict) -> Method:

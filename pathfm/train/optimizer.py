@@ -217,7 +217,10 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
 
     o, spe = config.optim, config.steps_per_epoch
     total = config.epochs * spe
-    peak = o.lr * config.batch_size / 256.0
+    if o.lr_scaling == "sqrt1024":  # DINOv2
+        peak = o.lr * (config.batch_size / 1024.0) ** 0.5
+    else:  # DINO, MAE
+        peak = o.lr * config.batch_size / 256.0
     lr = cosine_schedule(peak, o.min_lr, total, int(o.warmup_epochs * spe))
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, total)
     pattern, frozen_steps = method.frozen_rule()

@@ -129,3 +129,40 @@ def test_centering_alternative():
     p_tok = softmax_center_teacher(tokens, center[None], 0.04)
     np.testing.assert_allclose(np.asarray(p_tok[:, 1]), np.asarray(p), rtol=1e-6)
     assert update_center is dino_loss.update_center
+
+
+EIGHT_DEVICES = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from pathfm.ssl.sinkhorn import sinkhorn_knopp
+assert jax.device_count() == 8
+t = jax.random.normal(jax.random.key(0), (64, 32)) * 3.0
+one = np.asarray(jax.jit(lambda x: sinkhorn_knopp(x, 0.07))(t))
+mesh = jax.make_mesh((8,), ("data",))
+split = NamedSharding(mesh, P("data"))
+mapped = jax.jit(jax.shard_map(lambda x: sinkhorn_knopp(x, 0.07, axis_name="data"), mesh=mesh,
+                               in_specs=P("data"), out_specs=P("data")))
+global_view = jax.jit(lambda x: sinkhorn_knopp(x, 0.07), out_shardings=split)
+for q in (mapped(jax.device_put(t, split)), global_view(jax.device_put(t, split))):
+    np.testing.assert_allclose(np.asarray(q), one, rtol=1e-5, atol=1e-30)
+np.testing.assert_allclose(one.sum(1), 1.0, rtol=1e-5)
+print("ok")
+"""
+
+
+def test_identical_on_one_and_eight_devices():
+    import subprocess
+    import sys
+
+    from testutil import REPO
+
+    done = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

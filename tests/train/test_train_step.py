@@ -119,3 +119,14 @@ def test_photometric_augmentation_on_device_trains(config, single):
     _, host_metrics = _run(single, config, 2)
     assert np.isfinite(metrics["loss"])
     assert metrics["loss"] != host_metrics["loss"]  # the views really were re-coloured
+
+
+def test_bfloat16_matmuls_keep_float32_state_and_loss(config, single):
+    bf16 = config.copy_and_resolve_references()
+    bf16.model.dtype = "bfloat16"
+    state, metrics = _run(Setup(bf16, 1), bf16, 1)
+    _, reference = _run(single, config, 1)
+    leaves = jax.tree.leaves((state["params"], state["extra"], state["opt_state"]))
+    assert all(x.dtype in (np.float32, np.int32) for x in leaves)
+    assert metrics["loss"].dtype == np.float32
+    np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=2e-2)

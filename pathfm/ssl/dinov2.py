@@ -1,0 +1,171 @@
+"""DINOv2: DINO on the CLS token + iBOT on masked patch tokens + KoLeo (REFERENCE section 3).
+
+Follows facebookresearch/dinov2 ssl_meta_arch.py. Batches hold uint8 `global_crops`
+[B, 2, G, G, 3], `local_crops` [B, n, L, L, 3] and bool `masks` [B, 2, N] (block masks for half of
+the global crops, made on the host). The student sees the masked global crops and the local crops;
+the teacher the unmasked global crops. Teacher targets: Sinkhorn-Knopp or centering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pathfm.models.heads import DINOHead
+from pathfm.models.vit import VisionTransformer
+from pathfm.ssl.base import Batch, Params, backbone_config, crop_major, ema, normalize_images
+from pathfm.ssl.dino_loss import update_center
+from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
+from pathfm.ssl.koleo import koleo_loss
+from pathfm.ssl.sinkhorn import sinkhorn_knopp, softmax_center_teacher
+from pathfm.train.schedules import cosine_schedule
+
+
+def per_device_koleo(cls: jax.Array, groups: int) -> jax.Array:
+    """KoLeo [B, D] computed within each of `groups` equal slices (DINOv2 runs it on each GPU's
+    batch), averaged over slices as DDP averages the per-GPU losses."""
+    return jnp.mean(jax.vmap(koleo_loss)(cls.reshape(groups, -1, cls.shape[-1])))
+
+
+class DinoV2:
+    """DINOv2 as a `pathfm.ssl.base.Method`."""
+
+    name = "dinov2"
+    batch_keys = ("global_crops", "local_crops", "masks")
+
+    def __init__(self, config: ml_collections.ConfigDict, koleo_groups: int | None = None):
+        self.config = config
+        d, v = config.dino, config.dinov2
+        with_mask = lambda rate: dataclasses.replace(
+            backbone_config(config.model, rate), use_mask_token=True
+        )
+        self.student = VisionTransformer(with_mask(config.model.drop_path_rate))
+        self.teacher = VisionTransformer(with_mask(0.0))
+        head = lambda: DINOHead(
+            d.out_dim,
+            d.hidden_dim,
+            d.bottleneck_dim,
+            d.nlayers,
+            d.norm_last_layer,
+            dtype=config.model.dtype,
+        )
+        self.dino_head, self.ibot_head = head(), head()
+        total = config.epochs * config.steps_per_epoch
+        warmup = int(d.warmup_teacher_temp_epochs * config.steps_per_epoch)
+        # Per iteration (DINOv2), unlike DINO v1's per-epoch teacher temperature.
+        self.teacher_temp = cosine_schedule(
+            d.teacher_temp, d.teacher_temp, total, warmup, start_warmup=d.warmup_teacher_temp
+        )
+        self.momentum = cosine_schedule(d.momentum_teacher, 1.0, total)
+        self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+        self.koleo_groups = koleo_groups or jax.device_count()
+        self.heads = ("dino_head", "ibot_head") if v.ibot_separate_head else ("dino_head",)
+
+    def init(self, rng: jax.Array) -> tuple[Params, Params]:
+        size, dim = self.config.crops.global_size, self.student.config.embed_dim
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        params = {"backbone": self.student.init({"params": rng}, images)["params"]}
+        for i, name in enumerate(self.heads):
+            key = jax.random.fold_in(rng, i + 1)
+            params[name] = self.dino_head.init(key, jnp.zeros((1, dim)))["params"]
+        k = self.config.dino.out_dim
+        extra = {
+            "teacher": jax.tree.map(jnp.copy, params),
+            "center": jnp.zeros((1, k), jnp.float32),
+            "patch_center": jnp.zeros((1, k), jnp.float32),
+        }
+        return params, extra
+
+    def _backbone(self, module, params, images, rng=None, masks=None):
+        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
+        rngs = {"dropout": rng} if rng is not None else {}
+        return module.apply(
+            {"params": params["backbone"]}, x, train=rng is not None, masks=masks, rngs=rngs
+        )
+
+    def _heads(self, params, cls, patches):
+        ibot = params[self.heads[-1]]  # the iBOT head, or the shared DINO head
+        return (
+            self.dino_head.apply({"params": params["dino_head"]}, cls),
+            self.ibot_head.apply({"params": ibot}, patches),
+        )
+
+    def _targets(self, extra, cls_logits, patch_logits, masks, temp):
+        """Teacher probabilities for the CLS [2B, K] and patch tokens [2B, N, K]."""
+        k = cls_logits.shape[-1]
+        if self.config.dinov2.centering == "sinkhorn_knopp":
+            q_cls = sinkhorn_knopp(cls_logits, temp)
+            q_patch = sinkhorn_knopp(patch_logits.reshape(-1, k), temp, valid=masks.reshape(-1))
+            return q_cls, q_patch.reshape(patch_logits.shape)
+        q_cls = softmax_center_teacher(cls_logits, extra["center"], temp)
+        q_patch = softmax_center_teacher(patch_logits, extra["patch_center"][:, None], temp)
+        return q_cls, q_patch
+
+    def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
+        d, v = self.config.dino, self.config.dinov2
+        global_crops = crop_major(batch["global_crops"])  # [2B, G, G, 3]
+        local_crops = crop_major(batch["local_crops"])  # [nB, L, L, 3]
+        masks = crop_major(batch["masks"])  # [2B, N]
+        n_global = 2
+        b = global_crops.shape[0] // n_global
+
+        teacher = jax.lax.stop_gradient(extra["teacher"])
+        t_cls, t_aux = self._backbone(self.teacher, teacher, global_crops)
+        t_cls_logits, t_patch_logits = self._heads(teacher, t_cls, t_aux["patch_tokens"])
+        temp = self.teacher_temp(step)
+        q_cls, q_patch = self._targets(extra, t_cls_logits, t_patch_logits, masks, temp)
+        q_cls, q_patch = jax.lax.stop_gradient(q_cls), jax.lax.stop_gradient(q_patch)
+
+        s_cls, s_aux = self._backbone(
+            self.student, params, global_crops, jax.random.fold_in(rng, 0), masks
+        )
+        s_cls_logits, s_patch_logits = self._heads(params, s_cls, s_aux["patch_tokens"])
+        swapped = jnp.concatenate([q_cls[b:], q_cls[:b]])  # each student view meets the other
+        dino = 2.0 * dino_cross_entropy_sum(s_cls_logits[None], swapped[None], d.student_temp)
+        n_local = local_crops.shape[0] // b
+        if n_local:
+            l_cls, _ = self._backbone(self.student, params, local_crops, jax.random.fold_in(rng, 1))
+            l_logits = self.dino_head.apply({"params": params["dino_head"]}, l_cls)
+            dino += dino_cross_entropy_sum(
+                l_logits.reshape(n_local, b, -1), q_cls.reshape(n_global, b, -1), d.student_temp
+            )
+        dino = dino / (n_global + n_global * n_local)
+        ibot = ibot_loss_dense(s_patch_logits, q_patch, masks, d.student_temp)
+        koleo = sum(per_device_koleo(c, self.koleo_groups) for c in jnp.split(s_cls, n_global))
+        loss = v.dino_weight * dino + v.koleo_weight * koleo + v.ibot_weight * ibot
+        metrics = {
+            "dino_loss": dino,
+            "ibot_loss": ibot,
+            "koleo_loss": koleo,
+            "teacher_temp": temp,
+            "momentum": self.momentum(step),
+        }
+        aux = {
+            "metrics": metrics,
+            "teacher_cls": t_cls_logits,
+            "teacher_patch": t_patch_logits,
+            "masks": masks,
+        }
+        return loss, aux
+
+    def update_extra(self, extra: Params, params: Params, aux: dict, step) -> Params:
+        m = self.config.dino.center_momentum
+        masks = aux["masks"][..., None].astype(jnp.float32)  # [2B, N, 1]
+        masked_mean = jnp.sum(aux["teacher_patch"] * masks, axis=(0, 1)) / jnp.maximum(
+            jnp.sum(masks), 1.0
+        )
+        return {
+            "teacher": ema(extra["teacher"], params, self.momentum(step)),
+            "center": update_center(extra["center"], aux["teacher_cls"], m),
+            "patch_center": extra["patch_center"] * m + masked_mean[None] * (1.0 - m),
+        }
+
+    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
+        return self._backbone(self.teacher, extra["teacher"], images)[0]
+
+    def frozen_rule(self) -> tuple[str | None, int]:
+        steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
+        return r"^(dino_head|ibot_head)/last_layer/", steps
