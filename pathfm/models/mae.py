@@ -21,7 +21,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from pathfm.models.sincos import sincos_2d_pos_embed
-from pathfm.models.vit import LN_EPS, Block, ViTConfig, apply_blocks
+from pathfm.models.vit import LN_EPS, Block, PatchEmbed, ViTConfig, apply_blocks
 from pathfm.ssl.mae_ops import random_masking, unshuffle
 
 xavier_uniform = nn.initializers.xavier_uniform()
@@ -33,31 +33,22 @@ def _fixed_pos_embed(dim: int, grid: tuple[int, int]) -> jax.Array:
     return jnp.asarray(sincos_2d_pos_embed(dim, grid, cls_token=True), jnp.float32)[None]
 
 
-class _MAEPatchEmbed(nn.Module):
-    """p x p patches -> D (Conv2d `patch_embed.proj`); xavier_uniform on its [D, 3p^2] view."""
-
-    embed_dim: int
-    patch_size: int
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, H/p, W/p, D]
-        p, channels = self.patch_size, images.shape[-1]
-        bound = 1.0 / np.sqrt(p * p * channels)  # torch's default Conv2d bias init (kept by MAE)
-        return nn.Conv(
-            self.embed_dim,
-            (p, p),
-            strides=(p, p),
-            padding="VALID",
-            dtype=self.dtype,
-            kernel_init=nn.initializers.variance_scaling(
-                1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1
-            ),
-            bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-                key, shape, dtype, -bound, bound
-            ),
-            name="proj",
-        )(images.astype(self.dtype))
+def _mae_patch_embed(dim: int, p: int, channels: int, dtype) -> PatchEmbed:
+    """Conv2d `patch_embed.proj` with MAE's init: xavier_uniform on its [D, C*p*p] view and
+    torch's default Conv2d bias init (kept by MAE)."""
+    bound = 1.0 / np.sqrt(p * p * channels)
+    return PatchEmbed(
+        dim,
+        p,
+        dtype,
+        kernel_init=nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1
+        ),
+        bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+            key, shape, dtype, -bound, bound
+        ),
+        name="patch_embed",
+    )
 
 
 class MAEEncoder(nn.Module):
@@ -86,7 +77,7 @@ class MAEEncoder(nn.Module):
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch size {p}")
         grid = (height // p, width // p)
-        x = _MAEPatchEmbed(dim, p, dtype, name="patch_embed")(images)
+        x = _mae_patch_embed(dim, p, images.shape[-1], dtype)(images)
         x = x.reshape(batch, grid[0] * grid[1], dim).astype(jnp.float32)
         pos = _fixed_pos_embed(dim, grid)
         x = x + pos[:, 1:]

@@ -22,6 +22,7 @@ exactly onto timm no_embed_class=True: cls_token += pos_embed[:, :1]; pos_embed 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -298,7 +299,7 @@ class VisionTransformer(nn.Module):
         p = cfg.patch_size
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch size {p}")
-        x = _PatchEmbed(dim, p, dtype, name="patch_embed")(images)
+        x = PatchEmbed(dim, p, dtype, name="patch_embed")(images)
         grid = (height // p, width // p)
         x = x.reshape(batch, grid[0] * grid[1], dim).astype(jnp.float32)  # [B, N, D]
 
@@ -334,12 +335,14 @@ class VisionTransformer(nn.Module):
         return x[:, 0], aux
 
 
-class _PatchEmbed(nn.Module):
+class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> D channels (timm's `patch_embed.proj` Conv2d)."""
 
     embed_dim: int
     patch_size: int
     dtype: jnp.dtype
+    kernel_init: Callable = TORCH_DEFAULT_INIT
+    bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:  # [B, H, W, 3] -> [B, H/p, W/p, D]
@@ -350,6 +353,7 @@ class _PatchEmbed(nn.Module):
             strides=(p, p),
             padding="VALID",
             dtype=self.dtype,
-            kernel_init=TORCH_DEFAULT_INIT,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
             name="proj",
         )(images.astype(self.dtype))

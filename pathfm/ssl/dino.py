@@ -24,6 +24,19 @@ def build_backbone(model: ml_collections.ConfigDict, drop_path_rate: float) -> V
     return VisionTransformer(backbone_config(model, drop_path_rate))
 
 
+def build_head(config: ml_collections.ConfigDict) -> DINOHead:
+    """The DINO projection head described by `config.dino` (also DINOv2's DINO and iBOT heads)."""
+    d = config.dino
+    return DINOHead(
+        d.out_dim,
+        d.hidden_dim,
+        d.bottleneck_dim,
+        d.nlayers,
+        d.norm_last_layer,
+        dtype=config.model.dtype,
+    )
+
+
 class Dino:
     """DINO as a `pathfm.ssl.base.Method`."""
 
@@ -35,14 +48,7 @@ class Dino:
         d = config.dino
         self.student = build_backbone(config.model, config.model.drop_path_rate)
         self.teacher = build_backbone(config.model, 0.0)  # the teacher has no drop-path
-        self.head = DINOHead(
-            d.out_dim,
-            d.hidden_dim,
-            d.bottleneck_dim,
-            d.nlayers,
-            d.norm_last_layer,
-            dtype=config.model.dtype,
-        )
+        self.head = build_head(config)
         total = config.epochs * config.steps_per_epoch
         self.teacher_temp = epoch_linear_warmup(
             d.warmup_teacher_temp,

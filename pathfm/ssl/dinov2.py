@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
 from pathfm.ssl.base import Batch, Params, backbone_config, crop_major, ema, normalize_images
+from pathfm.ssl.dino import build_head
 from pathfm.ssl.dino_loss import update_center
 from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
 from pathfm.ssl.koleo import koleo_loss
@@ -44,15 +44,7 @@ class DinoV2:
         )
         self.student = VisionTransformer(with_mask(config.model.drop_path_rate))
         self.teacher = VisionTransformer(with_mask(0.0))
-        head = lambda: DINOHead(
-            d.out_dim,
-            d.hidden_dim,
-            d.bottleneck_dim,
-            d.nlayers,
-            d.norm_last_layer,
-            dtype=config.model.dtype,
-        )
-        self.dino_head, self.ibot_head = head(), head()
+        self.head = build_head(config)  # stateless: applied to the DINO and the iBOT parameters
         total = config.epochs * config.steps_per_epoch
         warmup = int(d.warmup_teacher_temp_epochs * config.steps_per_epoch)
         # Per iteration (DINOv2), unlike DINO v1's per-epoch teacher temperature.
@@ -70,7 +62,7 @@ class DinoV2:
         params = {"backbone": self.student.init({"params": rng}, images)["params"]}
         for i, name in enumerate(self.heads):
             key = jax.random.fold_in(rng, i + 1)
-            params[name] = self.dino_head.init(key, jnp.zeros((1, dim)))["params"]
+            params[name] = self.head.init(key, jnp.zeros((1, dim)))["params"]
         k = self.config.dino.out_dim
         extra = {
             "teacher": jax.tree.map(jnp.copy, params),
@@ -89,8 +81,8 @@ class DinoV2:
     def _heads(self, params, cls, patches):
         ibot = params[self.heads[-1]]  # the iBOT head, or the shared DINO head
         return (
-            self.dino_head.apply({"params": params["dino_head"]}, cls),
-            self.ibot_head.apply({"params": ibot}, patches),
+            self.head.apply({"params": params["dino_head"]}, cls),
+            self.head.apply({"params": ibot}, patches),
         )
 
     def _targets(self, extra, cls_logits, patch_logits, masks, temp):
@@ -128,7 +120,7 @@ class DinoV2:
         n_local = local_crops.shape[0] // b
         if n_local:
             l_cls, _ = self._backbone(self.student, params, local_crops, jax.random.fold_in(rng, 1))
-            l_logits = self.dino_head.apply({"params": params["dino_head"]}, l_cls)
+            l_logits = self.head.apply({"params": params["dino_head"]}, l_cls)
             dino += dino_cross_entropy_sum(
                 l_logits.reshape(n_local, b, -1), q_cls.reshape(n_global, b, -1), d.student_temp
             )
