@@ -24,9 +24,7 @@ import numpy as np
 
 from pathfm import parallel
 from pathfm.data import pipeline
-from pathfm.ssl.registry import build_method
-from pathfm.train.optimizer import build_optimizer
-from pathfm.train.state import create_state, jit_train_step, make_train_step
+from pathfm.train.setup import build_setup
 
 
 def load_config(path: str, overrides: list[str]):
@@ -67,14 +65,9 @@ def _rate(images: int, seconds: float) -> float:
 
 def run(config, steps: int, workdir: str) -> dict:
     """The three measurements (after one warm-up step or batch each), as a dict."""
-    mesh = parallel.make_mesh()
-    method = build_method(config)
-    rng = jax.random.key(config.seed)
-    optimizer, schedules = build_optimizer(config, method, jax.eval_shape(method.init, rng)[0])
-    state = create_state(method, optimizer, rng, mesh)
-    step_fn = jit_train_step(
-        make_train_step(method, optimizer, schedules), state, mesh, method.batch_keys
-    )
+    mesh = parallel.mesh_from_config(config.mesh)
+    setup = build_setup(config, mesh)
+    method, state, step_fn, rng = setup.method, setup.fresh_state(), setup.step, setup.step_rng
     index = pipeline.build_slide_index(config, pipeline.resolve_slide_source(config, workdir))
     sampler = pipeline.build_sampler(config, index)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from pathfm.errors import ConfigError
+from pathfm.partitioning import DEFAULT_RULES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,6 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.steps_per_epoch = 1250  # online patching has no data set epoch: a pseudo-epoch of iterations
     c.batch_size = 512  # global batch over all devices and hosts (DINO: 64 per GPU x 8 GPUs)
     c.log_every_steps = 50
+    c.on_nonfinite = "stop"  # a NaN/inf loss or gradient: "stop" (as DINO) or "skip" the update
+
+    c.mesh = ml_collections.ConfigDict()  # devices = data x fsdp; see docs/scaling.md
+    c.mesh.data = -1  # data-parallel groups; -1 = all devices / fsdp
+    c.mesh.fsdp = 1  # devices that split parameters and optimiser state (ZeRO-3 style)
+    c.mesh.rules = DEFAULT_RULES  # (regex over state paths, layout); see pathfm/partitioning.py
+    c.mesh.fsdp_min_size = 2**14  # leaves with fewer elements stay replicated
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "S"  # T/S/B/L/g or tiny/small/base/large/giant
@@ -208,6 +216,18 @@ def _check_data_objects(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{group}: {e}") from None
 
 
+def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
+    from pathfm.parallel import mesh_shape
+    from pathfm.partitioning import check_rules
+
+    try:
+        mesh_shape(mesh.data, mesh.fsdp, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from None
+    check_rules(mesh.rules)
+    _require(mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size", "must be >= 0")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raises ConfigError naming the first invalid value; checks everything before any work."""
     from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
@@ -221,8 +241,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(
         c.batch_size % num_devices == 0,
         "batch_size",
-        f"{c.batch_size} must be divisible by the {num_devices} devices of the data axis",
+        f"{c.batch_size} must be divisible by the {num_devices} devices (the batch is split "
+        "over all of them)",
     )
+    _require(c.on_nonfinite in ("stop", "skip"), "on_nonfinite", "use 'stop' or 'skip'")
+    _check_mesh(c.mesh, num_devices)
     m = c.model
     _require(
         m.size in VIT_SIZES or m.size in SIZE_ALIASES, "model.size", f"unknown size {m.size!r}"

@@ -4,6 +4,8 @@
 class PathfmError(Exception):
     """An error the user can fix (bad config, missing slide, unreadable file, wrong checkpoint)."""
 
+    exit_code = 2
+
 
 class ConfigError(PathfmError):
     """A configuration key or value is invalid."""
@@ -11,3 +13,10 @@ class ConfigError(PathfmError):
 
 class DataError(PathfmError):
     """Input data (slides, manifests, data sets) is missing or unusable."""
+
+
+class TrainingStopped(PathfmError):
+    """Training met something it must not continue past (e.g. a non-finite loss); the last good
+    checkpoint is kept."""
+
+    exit_code = 3

@@ -26,17 +26,34 @@ def _define_flags() -> flags.FlagValues:
     flags.DEFINE_string(
         "workdir", None, "directory for checkpoints, logs and metrics", flag_values=fv
     )
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "multi-process runtime: auto = start it on TPU VMs and multi-task SLURM/Open MPI jobs",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "host:port of process 0 (explicit multi-process launch)",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=fv)
+    flags.DEFINE_integer(
+        "process_id", None, "this process's index, 0..num_processes-1", flag_values=fv
+    )
     return fv
 
 
-def fail(message: str) -> None:
-    """Print one clear error and exit with code 2."""
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear error and exit with `code` (2: bad input)."""
     print(f"pathfm: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def parse_args(argv: list[str]):
-    """(config, workdir) from the command line; exits 2 with a clear message on bad input."""
+    """(config, parsed flags) from the command line; exits 2 with a clear message on bad input."""
     fv = _define_flags()
     config_path = next(
         (a.split("=", 1)[1] if "=" in a else None for a in argv if a.startswith("--config=")), None
@@ -60,20 +77,25 @@ def parse_args(argv: list[str]):
         fail(f"bad command line: {message}\n{USAGE}")
     if not fv.workdir:
         fail(f"--workdir is required\n{USAGE}")
-    return config, fv.workdir
+    if fv.coordinator_address and (fv.num_processes is None or fv.process_id is None):
+        fail("--coordinator_address needs --num_processes and --process_id as well")
+    return config, fv
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    config, workdir = parse_args(argv)
+    config, fv = parse_args(argv)
+    workdir = fv.workdir
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import jax
 
+    from pathfm import distributed
     from pathfm.config import validate
 
+    distributed.initialize(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)
     try:
         validate(config, num_devices=jax.device_count())
         if config.data.slides:
@@ -86,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(workdir, exist_ok=True)
             train(config, workdir)
     except PathfmError as e:
-        fail(str(e))
+        fail(str(e), e.exit_code)
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Shared fixtures. Four CPU devices are emulated so sharded code paths run for real."""
+"""Shared fixtures. Eight CPU devices are emulated so sharded code paths run for real."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path

@@ -11,8 +11,7 @@ from pathfm import parallel
 from pathfm.config import validate
 from pathfm.data import pipeline
 from pathfm.ssl.registry import build_method
-from pathfm.train.optimizer import build_optimizer
-from pathfm.train.state import create_state, jit_train_step, make_train_step
+from pathfm.train.setup import build_setup
 
 # Backbone parameters (timm, without position-embedding buffers for MAE), +-1%.
 PAPER_CONFIGS = {
@@ -55,14 +54,9 @@ def test_quick_variant_takes_a_step(name, synthetic_slide_dir):
     config = load(name, "quick")
     config.data.slides = str(synthetic_slide_dir)
     validate(config, num_devices=1)
-    mesh = parallel.make_mesh(1)
-    method = build_method(config)
-    rng = jax.random.key(0)
-    optimizer, schedules = build_optimizer(config, method, jax.eval_shape(method.init, rng)[0])
-    state = create_state(method, optimizer, rng, mesh)
-    step = jit_train_step(
-        make_train_step(method, optimizer, schedules), state, mesh, method.batch_keys
-    )
+    mesh = parallel.single_device_mesh()
+    setup = build_setup(config, mesh)
+    method, state, step, rng = setup.method, setup.fresh_state(), setup.step, setup.step_rng
     index = pipeline.build_slide_index(config, str(synthetic_slide_dir))
     host = next(pipeline.build_train_iterator(config, pipeline.build_sampler(config, index)))
     batch = parallel.shard_batch({k: host[k] for k in method.batch_keys}, mesh)

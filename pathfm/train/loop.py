@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from pathfm import parallel
 from pathfm.data import pipeline
+from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
-from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.metrics_log import MetricsLog
-from pathfm.train.optimizer import build_optimizer
-from pathfm.train.state import abstract_state, create_state, jit_train_step, make_train_step
+from pathfm.train.preemption import PreemptionWatch
+from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
 
@@ -34,15 +34,17 @@ log = logging.getLogger("pathfm")
 def embed_probe_set(embed, state, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
     """Frozen-feature embeddings [N, D] of the probe images, batch by batch on the mesh.
 
-    `embed` is the method's jitted `embed(params, extra, images)`."""
+    `embed` is the method's `embed(params, extra, images)` jitted with a replicated output. Every
+    process holds the same probe images, so this runs unchanged on any number of hosts."""
     n_dev = mesh.devices.size
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         pad = (-len(chunk)) % n_dev
         padded = np.concatenate([chunk, chunk[:pad]]) if pad else chunk
-        sharded = jax.device_put(padded, parallel.batch_sharding(mesh))
-        z = np.asarray(embed(state["params"], state["extra"], sharded))
+        z = np.asarray(
+            embed(state["params"], state["extra"], parallel.batch_from_global(padded, mesh))
+        )
         out.append(z[: len(chunk)])
     return np.concatenate(out)
 
@@ -60,15 +62,70 @@ def _host_stats(batch: dict[str, np.ndarray]) -> dict[str, float]:
     return stats
 
 
+class NonFiniteCheck:
+    """Reads each step's `nonfinite` flag one step late (so the device always has the next step
+    queued) and applies `config.on_nonfinite`: warn and go on ("skip"), or raise ("stop")."""
+
+    def __init__(self, policy: str, slide_names: list[str], checkpoint_dir: Path):
+        self.policy, self.slide_names, self.checkpoint_dir = policy, slide_names, checkpoint_dir
+        self.pending = None  # (step, metrics, slide indices) of the last dispatched step
+        self.last_good_checkpoint: int | None = None
+
+    def push(self, step: int, metrics: dict, host_batch: dict) -> None:
+        """Checks the previous step, then remembers this one."""
+        self.flush()
+        self.pending = (step, metrics, host_batch.get("slide"))
+
+    def flush(self) -> None:
+        """Checks the remembered step now (waits for it)."""
+        if self.pending is None:
+            return
+        step, metrics, slides = self.pending
+        self.pending = None
+        if not int(metrics["nonfinite"]):
+            return
+        values = jax.device_get(metrics)
+        bad = [k for k, v in values.items() if np.ndim(v) == 0 and not np.isfinite(v)]
+        names = (
+            sorted({self.slide_names[i] for i in np.unique(slides)}) if slides is not None else []
+        )
+        where = (
+            f"checkpoint step {self.last_good_checkpoint} in {self.checkpoint_dir}"
+            if self.last_good_checkpoint is not None
+            else f"no checkpoint yet in {self.checkpoint_dir}"
+        )
+        message = (
+            f"step {step}: non-finite {', '.join(bad) or 'update'} (loss={values['loss']}, "
+            f"grad_norm={values['grad_norm']}); the update was not applied. Slides in this "
+            f"process's batch: {', '.join(names) or 'unknown'}."
+        )
+        if self.policy == "skip":
+            log.warning("%s Skipped (on_nonfinite=skip).", message)
+            return
+        raise TrainingStopped(
+            f"{message} Stopped (on_nonfinite=stop); the last good state is {where}. "
+            "Lower optim.lr, raise optim.warmup_epochs or check those slides, then rerun to "
+            "resume; --config.on_nonfinite=skip skips such steps instead."
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Pre-trains `config.method` until epochs * steps_per_epoch steps; returns the last metrics."""
+    """Pre-trains `config.method` until epochs * steps_per_epoch steps; returns the last metrics.
+
+    Resumes from the latest complete checkpoint in `workdir`; SIGTERM (or a TPU preemption
+    notice) saves a checkpoint after the current step and returns with `last['preempted'] = 1`."""
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    mesh = parallel.make_mesh()
-    method = build_method(config)
+    mesh = parallel.mesh_from_config(config.mesh)
+    setup = build_setup(config, mesh)
+    method = setup.method
     total_steps = config.epochs * config.steps_per_epoch
-    rng = jax.random.key(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
+    log.info(
+        "mesh %s over %d devices on %d processes",
+        dict(mesh.shape),
+        mesh.devices.size,
+        jax.process_count(),
+    )
 
     # ---- Input -------------------------------------------------------------------------------
     source = pipeline.resolve_slide_source(config, workdir)
@@ -84,25 +141,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     if config.monitor.every_steps:
         probe = pipeline.probe_images(config, pipeline.build_sampler(config, index, False))
 
-    # ---- Model, optimiser and state ------------------------------------------------------------
-    abstract_params = jax.eval_shape(method.init, init_rng)[0]
-    optimizer, schedules = build_optimizer(config, method, abstract_params)
+    # ---- State: the latest complete checkpoint, or a fresh one ---------------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep)
-    start = checkpointer.latest_step()
-    if start is None:
-        state = create_state(method, optimizer, init_rng, mesh)
-        start = 0
+    restored = checkpointer.restore_latest(setup.restore_target, data_iter)
+    if restored is None:
+        state, start = setup.fresh_state(), 0
     else:
-        target = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=parallel.replicated(mesh)),
-            abstract_state(method, optimizer, init_rng),
-        )
-        state = checkpointer.restore(start, target, data_iter)
+        start, state = restored
         log.info("resumed from step %d", start)
-    train_step = jit_train_step(
-        make_train_step(method, optimizer, schedules), state, mesh, method.batch_keys
-    )
-    embed = jax.jit(method.embed)  # jitted once: a bound method is a new object on every access
+    embed = jax.jit(method.embed, out_shardings=parallel.replicated(mesh))
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -111,40 +158,58 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 {"usable": [s.path for s in index.slides], "rejected": index.rejected}, indent=2
             )
         )
+    nonfinite = NonFiniteCheck(
+        config.on_nonfinite, [s.path for s in index.slides], checkpointer.directory
+    )
+    nonfinite.last_good_checkpoint = restored[0] if restored else None
 
     # ---- Loop ----------------------------------------------------------------------------------
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=start, disable=not sys.stderr.isatty(), unit="step")
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
     read_errors_total = 0  # unreadable tiles met this run (each warned about by slide name)
-    for step in range(start, total_steps):
-        t0 = time.perf_counter()
-        host_batch = next(data_iter)
-        input_wait += time.perf_counter() - t0
-        read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
-        batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
-        state, metrics = train_step(state, batch, step_rng)
-        window_images += config.batch_size
-        done = step + 1
-        bar.update(1)
+    with PreemptionWatch() as preemption:
+        for step in range(start, total_steps):
+            t0 = time.perf_counter()
+            host_batch = next(data_iter)
+            input_wait += time.perf_counter() - t0
+            read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
+            batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
+            state, metrics = setup.step(state, batch, setup.step_rng)
+            nonfinite.push(step + 1, metrics, host_batch)
+            window_images += config.batch_size
+            done = step + 1
+            bar.update(1)
 
-        record = {}
-        if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
-            record.update(jax.device_get(metrics))
-            record.update(_host_stats(host_batch), read_errors_total=read_errors_total)
-            elapsed = time.perf_counter() - window_start
-            record["images_per_s"] = window_images / elapsed
-            record["input_wait_frac"] = input_wait / elapsed
-            window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
-            bar.set_postfix(loss=f"{float(record['loss']):.4f}")
-        if probe is not None and (done % config.monitor.every_steps == 0 or done == total_steps):
-            z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
-            record.update(monitor_metrics(jnp.asarray(z)))
-        if record:
-            metrics_log.write(done, record)
-            last = {**last, **record}
-        if done % config.checkpoint.every_steps == 0 or done == total_steps:
-            checkpointer.save(done, state, data_iter)
+            record = {}
+            if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
+                record.update(jax.device_get(metrics))
+                record.update(_host_stats(host_batch), read_errors_total=read_errors_total)
+                elapsed = time.perf_counter() - window_start
+                record["images_per_s"] = window_images / elapsed
+                record["input_wait_frac"] = input_wait / elapsed
+                window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
+                bar.set_postfix(loss=f"{float(record['loss']):.4f}")
+            if probe is not None and (
+                done % config.monitor.every_steps == 0 or done == total_steps
+            ):
+                z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
+                record.update(monitor_metrics(jnp.asarray(z)))
+            if record:
+                metrics_log.write(done, record)
+                last = {**last, **record}
+            preempted = preemption.reached(done)
+            if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
+                nonfinite.flush()  # "stop" must stop before this step is saved
+                checkpointer.save(done, state, data_iter)
+                nonfinite.last_good_checkpoint = done
+            if preempted:
+                log.warning(
+                    "preempted: saved checkpoint %d; rerun the same command to resume", done
+                )
+                last["preempted"] = 1
+                break
+        nonfinite.flush()
     bar.close()
     checkpointer.close()
     return last

@@ -11,9 +11,11 @@ import optax
 from jax.sharding import Mesh
 
 from pathfm import parallel
+from pathfm.partitioning import DEFAULT_RULES, tree_shardings
 from pathfm.ssl.base import Method
 
-TrainState = dict[str, Any]  # {'step': int32 [], 'params', 'extra', 'opt_state'}
+UPDATED = ("params", "extra", "opt_state")  # what a non-finite step leaves untouched
+TrainState = dict[str, Any]  # {'step', 'skipped': int32 [], 'params', 'extra', 'opt_state'}
 
 
 def init_state_fn(method: Method, optimizer: optax.GradientTransformation) -> Callable:
@@ -23,6 +25,7 @@ def init_state_fn(method: Method, optimizer: optax.GradientTransformation) -> Ca
         params, extra = method.init(rng)
         return {
             "step": jnp.zeros([], jnp.int32),
+            "skipped": jnp.zeros([], jnp.int32),  # steps whose update was dropped (non-finite)
             "params": params,
             "extra": extra,
             "opt_state": optimizer.init(params),
@@ -36,16 +39,32 @@ def abstract_state(method: Method, optimizer, rng: jax.Array) -> TrainState:
     return jax.eval_shape(init_state_fn(method, optimizer), rng)
 
 
-def create_state(method: Method, optimizer, rng: jax.Array, mesh: Mesh) -> TrainState:
-    """A fresh train state created directly with its shardings (`eval_shape` then jitted init)."""
-    shardings = parallel.replicate_tree(abstract_state(method, optimizer, rng), mesh)
+def state_shardings(
+    method: Method, optimizer, rng: jax.Array, mesh: Mesh, rules=DEFAULT_RULES, min_size: int = 0
+) -> Any:
+    """The NamedSharding of every state leaf by the partition rules (student, teacher and
+    optimiser moments alike; see `pathfm.partitioning`)."""
+    return tree_shardings(abstract_state(method, optimizer, rng), mesh, rules, min_size)
+
+
+def create_state(
+    method: Method, optimizer, rng: jax.Array, mesh: Mesh, shardings: Any = None
+) -> TrainState:
+    """A fresh train state created directly with its shardings (`eval_shape` then jitted init),
+    so no device ever holds more than its shard. Replicated when `shardings` is None."""
+    if shardings is None:
+        shardings = parallel.replicate_tree(abstract_state(method, optimizer, rng), mesh)
     return jax.jit(init_state_fn(method, optimizer), out_shardings=shardings)(rng)
 
 
 def make_train_step(
     method: Method, optimizer: optax.GradientTransformation, schedules: dict[str, Callable]
 ) -> Callable:
-    """The pure update: (state, batch, rng) -> (state, metrics). `rng` is folded with the step."""
+    """The pure update: (state, batch, rng) -> (state, metrics). `rng` is folded with the step.
+
+    A step whose loss, gradients or updates are not all finite changes nothing but `step` and
+    `skipped` (metrics['nonfinite'] = 1), so a NaN never reaches the parameters, the teacher, the
+    optimiser moments or a checkpoint; the loop then skips on or stops (`config.on_nonfinite`)."""
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         step = state["step"]
@@ -55,21 +74,32 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         extra = method.update_extra(state["extra"], params, aux, step)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite &= jnp.isfinite(optax.global_norm(updates))
+        kept = keep_if(finite, (params, extra, opt_state), tuple(state[k] for k in UPDATED))
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
+            "nonfinite": 1 - finite.astype(jnp.int32),
             **{name: fn(step) for name, fn in schedules.items()},
             **aux["metrics"],
         }
-        new_state = {"step": step + 1, "params": params, "extra": extra, "opt_state": opt_state}
+        skipped = state["skipped"] + metrics["nonfinite"]
+        new_state = {"step": step + 1, "skipped": skipped, **dict(zip(UPDATED, kept, strict=True))}
         return new_state, metrics
 
     return train_step
 
 
-def jit_train_step(train_step: Callable, state: TrainState, mesh: Mesh, batch_keys) -> Callable:
-    """`train_step` jitted with explicit in/out shardings and the state donated."""
-    state_sh = parallel.replicate_tree(state, mesh)
+def keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where the scalar `ok` holds, else `old`, leaf by leaf."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def jit_train_step(train_step: Callable, state_sh: Any, mesh: Mesh, batch_keys) -> Callable:
+    """`train_step` jitted with explicit in/out shardings (`state_sh`: the state's shardings, e.g.
+    from `state_shardings`; the batch is split over every device) and the state donated."""
     batch_sh = {k: parallel.batch_sharding(mesh) for k in batch_keys}
     rep = parallel.replicated(mesh)
     return jax.jit(

@@ -39,7 +39,7 @@ def test_loss_is_the_weighted_sum_and_centers_follow_the_teacher(setup):
     config, batch = setup
     method = build_method(config)
     params, extra = jax.jit(method.init)(jax.random.key(0))
-    mesh = parallel.make_mesh(1)
+    mesh = parallel.single_device_mesh()
     device_batch = parallel.shard_batch({k: batch[k] for k in method.batch_keys}, mesh)
     loss, aux = jax.jit(method.loss)(params, extra, device_batch, jax.random.key(1), 0)
     m = aux["metrics"]

@@ -11,8 +11,7 @@ from testutil import REPO
 from pathfm import parallel
 from pathfm.ssl.registry import build_method
 from pathfm.train.loop import train
-from pathfm.train.optimizer import build_optimizer
-from pathfm.train.state import create_state, jit_train_step, make_train_step
+from pathfm.train.setup import build_setup
 
 
 def load(arg=None):
@@ -33,12 +32,9 @@ def test_full_config_is_mae_vit_large():
 def test_repeated_steps_on_one_batch_lower_the_loss():
     config = load("quick")
     config.optim.lr = 0.05  # per 256: a visible drop within a few steps of a tiny model
-    mesh = parallel.make_mesh(1)
-    method = build_method(config)
-    rng = jax.random.key(0)
-    optimizer, schedules = build_optimizer(config, method, jax.eval_shape(method.init, rng)[0])
-    state = create_state(method, optimizer, rng, mesh)
-    step = jit_train_step(make_train_step(method, optimizer, schedules), state, mesh, ("images",))
+    mesh = parallel.single_device_mesh()
+    setup = build_setup(config, mesh)
+    state, step = setup.fresh_state(), setup.step
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
     batch = parallel.shard_batch({"images": images}, mesh)
     losses = []

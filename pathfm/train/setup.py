@@ -1,0 +1,79 @@
+"""Everything a run builds from its config before the first step: method, optimiser, schedules,
+the state's shardings on the mesh, the jitted state initialiser and the jitted train step.
+
+Shared by the training loop, the benchmarks and the tests, so they all compile the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from pathfm.ssl.base import Method
+from pathfm.ssl.registry import build_method
+from pathfm.train.optimizer import build_optimizer
+from pathfm.train.state import (
+    TrainState,
+    abstract_state,
+    init_state_fn,
+    jit_train_step,
+    make_train_step,
+    state_shardings,
+)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """A method's jitted init and step on a mesh, with the state's layout."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    method: Method
+    optimizer: Any
+    schedules: dict[str, Callable]
+    shardings: Any  # NamedSharding per state leaf
+    init_rng: jax.Array
+    step_rng: jax.Array
+    step: Callable  # (state, batch, step_rng) -> (state, metrics), state donated
+
+    def __post_init__(self):
+        self._init = jax.jit(
+            init_state_fn(self.method, self.optimizer), out_shardings=self.shardings
+        )
+
+    def fresh_state(self) -> TrainState:
+        """The initial state, created already sharded (no device holds more than its shard)."""
+        return self._init(self.init_rng)
+
+    def restore_target(self) -> TrainState:
+        """ShapeDtypeStructs with shardings: how a checkpoint is laid out when restored."""
+        abstract = abstract_state(self.method, self.optimizer, self.init_rng)
+        return jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            abstract,
+            self.shardings,
+        )
+
+
+def build_setup(
+    config: ml_collections.ConfigDict, mesh: Mesh, method: Method | None = None
+) -> TrainSetup:
+    """The TrainSetup of `config` on `mesh` (partition rules from `config.mesh`)."""
+    method = build_method(config) if method is None else method
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    abstract_params = jax.eval_shape(method.init, init_rng)[0]
+    optimizer, schedules = build_optimizer(config, method, abstract_params)
+    shardings = state_shardings(
+        method, optimizer, init_rng, mesh, config.mesh.rules, config.mesh.fsdp_min_size
+    )
+    step = jit_train_step(
+        make_train_step(method, optimizer, schedules), shardings, mesh, method.batch_keys
+    )
+    return TrainSetup(
+        config, mesh, method, optimizer, schedules, shardings, init_rng, step_rng, step
+    )

@@ -1,0 +1,121 @@
+"""Data and FSDP sharding on 8 emulated devices: the same step as on one device, and per-device
+state memory falling as 1 / fsdp in XLA's compiled memory analysis."""
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+from testutil import REPO, random_dino_batch, tiny_dino_config
+
+from pathfm import parallel
+from pathfm.partitioning import bytes_per_device, path_string
+from pathfm.train.setup import build_setup
+
+MESHES = {"1 device": (1, 1), "8-way data": (8, 1), "2 data x 4 fsdp": (2, 4)}
+
+
+def _mesh(data, fsdp):
+    return parallel.make_mesh(data, fsdp, jax.devices()[: data * fsdp])
+
+
+def _mae_config():
+    spec = importlib.util.spec_from_file_location("mae", REPO / "configs/campanella_mae_vitl16.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("quick")
+    config.optim.lr = 1e-2  # a visible update in one step
+    return config
+
+
+def _mae_batch(config, seed):
+    rng = np.random.default_rng(seed)
+    size = config.crops.global_size
+    return {"images": rng.integers(0, 256, (config.batch_size, size, size, 3), np.uint8)}
+
+
+CASES = {
+    "dino": (lambda: tiny_dino_config(**{"mesh.fsdp_min_size": 0}), random_dino_batch),
+    "mae": (_mae_config, _mae_batch),
+}
+
+
+def _train(setup, make_batch, steps=2):
+    state = setup.fresh_state()
+    for i in range(steps):
+        batch = parallel.shard_batch(make_batch(setup.config, i), setup.mesh)
+        state, metrics = setup.step(state, batch, setup.step_rng)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def results(request):
+    make_config, make_batch = CASES[request.param]
+    config = make_config()
+    config.mesh.fsdp_min_size = 0
+    out = {}
+    for name, (data, fsdp) in MESHES.items():
+        setup = build_setup(config, _mesh(data, fsdp))
+        out[name] = (setup, *_train(setup, make_batch))
+    return out
+
+
+def _without_key_biases(tree):
+    """The attention key bias has an exactly zero gradient (softmax ignores a shift shared by
+    all keys), so Adam turns its rounding noise, which depends on the reduction order, into
+    updates of size lr: drop the key third of every qkv bias before comparing."""
+
+    def drop(path, x):
+        if path_string(path).endswith("qkv/bias"):
+            q, _, v = np.split(np.asarray(x), 3, axis=-1)
+            return np.concatenate([q, v], axis=-1)
+        return x
+
+    return jax.tree_util.tree_map_with_path(drop, tree)
+
+
+def test_sharded_steps_equal_the_single_device_step(results):
+    _, one, m_one = results["1 device"]
+    for name in ("8-way data", "2 data x 4 fsdp"):
+        _, state, metrics = results[name]
+        np.testing.assert_allclose(metrics["loss"], m_one["loss"], rtol=1e-5, err_msg=name)
+        jax.tree.map(
+            lambda a, b, n=name: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=n),
+            _without_key_biases((one["params"], one["extra"], one["opt_state"])),
+            _without_key_biases((state["params"], state["extra"], state["opt_state"])),
+        )
+        assert int(state["step"]) == 2 and int(state["skipped"]) == 0
+
+
+def test_fsdp_really_splits_params_teacher_and_adam_moments(results):
+    setup = results["2 data x 4 fsdp"][0]
+    specs = [s.spec for s in jax.tree.leaves(setup.shardings)]
+    split = sum("fsdp" in tuple(s) for s in specs)
+    assert split > 0.8 * len(specs) - 4  # all but scalar counters and indivisible leaves
+    fresh = setup.fresh_state()
+    leaf = jax.tree.leaves(fresh["params"])[0]
+    assert leaf.sharding == jax.tree.leaves(setup.shardings["params"])[0]
+
+
+def test_compiled_state_memory_falls_as_one_over_fsdp(results):
+    """Per-device bytes of the state (parameters, teacher, Adam moments) from XLA's memory
+    analysis of the compiled initialiser, for fsdp = 1, 2, 4, 8 on 8 devices; and the compiled
+    train step takes exactly the state's per-device bytes plus its batch shard."""
+    config = results["1 device"][0].config
+    state_bytes = {}
+    for fsdp in (1, 2, 4, 8):
+        setup = build_setup(config, _mesh(8 // fsdp, fsdp))
+        compiled = setup._init.lower(setup.init_rng).compile()
+        state_bytes[fsdp] = compiled.memory_analysis().output_size_in_bytes
+        expected = bytes_per_device(setup.restore_target(), setup.shardings)
+        assert state_bytes[fsdp] == pytest.approx(expected, rel=0.03)  # + buffer alignment
+    for fsdp in (2, 4, 8):
+        assert state_bytes[fsdp] == pytest.approx(state_bytes[1] / fsdp, rel=0.10), state_bytes
+
+    setup = results["2 data x 4 fsdp"][0]
+    batch = parallel.shard_batch(CASES[setup.method.name][1](config, 0), setup.mesh)
+    step = setup.step.lower(setup.restore_target(), batch, setup.step_rng).compile()
+    batch_bytes = sum(x.addressable_shards[0].data.nbytes for x in batch.values())
+    rng_bytes = setup.step_rng.nbytes if hasattr(setup.step_rng, "nbytes") else 8
+    measured = step.memory_analysis().argument_size_in_bytes - batch_bytes - rng_bytes
+    assert measured == pytest.approx(state_bytes[4], rel=0.03)  # + buffer alignment
