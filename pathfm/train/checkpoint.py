@@ -74,7 +74,9 @@ class Checkpointer:
     ) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that restores, or None when there is none.
 
-        `target()` gives the restore layout. A damaged checkpoint is set aside, never deleted."""
+        `target()` gives the restore layout. A damaged checkpoint is set aside, never deleted.
+        With nothing restorable the iterator is put back where it was (a fresh start)."""
+        initial = data_iterator.get_state()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return step, self.restore(step, target(), data_iterator)
@@ -89,6 +91,7 @@ class Checkpointer:
                     self.damaged_dir,
                 )
                 self._set_aside(step)
+        data_iterator.set_state(initial)
         return None
 
     def _set_aside(self, step: int) -> None:

@@ -168,48 +168,50 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     bar = tqdm(total=total_steps, initial=start, disable=not sys.stderr.isatty(), unit="step")
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
     read_errors_total = 0  # unreadable tiles met this run (each warned about by slide name)
-    with PreemptionWatch() as preemption:
-        for step in range(start, total_steps):
-            t0 = time.perf_counter()
-            host_batch = next(data_iter)
-            input_wait += time.perf_counter() - t0
-            read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
-            batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
-            state, metrics = setup.step(state, batch, setup.step_rng)
-            nonfinite.push(step + 1, metrics, host_batch)
-            window_images += config.batch_size
-            done = step + 1
-            bar.update(1)
+    try:
+        with PreemptionWatch() as preemption:
+            for step in range(start, total_steps):
+                t0 = time.perf_counter()
+                host_batch = next(data_iter)
+                input_wait += time.perf_counter() - t0
+                read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
+                batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
+                state, metrics = setup.step(state, batch, setup.step_rng)
+                nonfinite.push(step + 1, metrics, host_batch)
+                window_images += config.batch_size
+                done = step + 1
+                bar.update(1)
 
-            record = {}
-            if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
-                record.update(jax.device_get(metrics))
-                record.update(_host_stats(host_batch), read_errors_total=read_errors_total)
-                elapsed = time.perf_counter() - window_start
-                record["images_per_s"] = window_images / elapsed
-                record["input_wait_frac"] = input_wait / elapsed
-                window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
-                bar.set_postfix(loss=f"{float(record['loss']):.4f}")
-            if probe is not None and (
-                done % config.monitor.every_steps == 0 or done == total_steps
-            ):
-                z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
-                record.update(monitor_metrics(jnp.asarray(z)))
-            if record:
-                metrics_log.write(done, record)
-                last = {**last, **record}
-            preempted = preemption.reached(done)
-            if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
-                nonfinite.flush()  # "stop" must stop before this step is saved
-                checkpointer.save(done, state, data_iter)
-                nonfinite.last_good_checkpoint = done
-            if preempted:
-                log.warning(
-                    "preempted: saved checkpoint %d; rerun the same command to resume", done
-                )
-                last["preempted"] = 1
-                break
-        nonfinite.flush()
-    bar.close()
-    checkpointer.close()
+                record = {}
+                if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
+                    record.update(jax.device_get(metrics))
+                    record.update(_host_stats(host_batch), read_errors_total=read_errors_total)
+                    elapsed = time.perf_counter() - window_start
+                    record["images_per_s"] = window_images / elapsed
+                    record["input_wait_frac"] = input_wait / elapsed
+                    window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
+                    bar.set_postfix(loss=f"{float(record['loss']):.4f}")
+                if probe is not None and (
+                    done % config.monitor.every_steps == 0 or done == total_steps
+                ):
+                    z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
+                    record.update(monitor_metrics(jnp.asarray(z)))
+                if record:
+                    metrics_log.write(done, record)
+                    last = {**last, **record}
+                preempted = preemption.reached(done)
+                if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
+                    nonfinite.flush()  # "stop" must stop before this step is saved
+                    checkpointer.save(done, state, data_iter)
+                    nonfinite.last_good_checkpoint = done
+                if preempted:
+                    log.warning(
+                        "preempted: saved checkpoint %d; rerun the same command to resume", done
+                    )
+                    last["preempted"] = 1
+                    break
+            nonfinite.flush()
+    finally:
+        bar.close()
+        checkpointer.close()  # commits saves in flight: the last good one before a stop
     return last

@@ -86,6 +86,7 @@ def make_train_step(
             **aux["metrics"],
         }
         skipped = state["skipped"] + metrics["nonfinite"]
+        metrics["skipped_steps"] = skipped
         new_state = {"step": step + 1, "skipped": skipped, **dict(zip(UPDATED, kept, strict=True))}
         return new_state, metrics
 
