@@ -1,4 +1,5 @@
-"""The command line for real: bad input stops with one clear message; kill then resume."""
+"""The command line for real: bad input stops with one clear message; a SIGKILL or SIGTERM
+mid-run, then a rerun, ends with the same state bit for bit as an uninterrupted run."""
 
 import json
 import os
@@ -8,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 from testutil import REPO
 
+from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
 
 TINY = [
@@ -92,33 +96,52 @@ def _committed(workdir: Path, step: int) -> bool:
     return (workdir / "checkpoints" / str(step) / "commit_success.txt").exists()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_with_the_same_data_order(tmp_path, synthetic_slide_dir):
+def _launch(workdir: Path, args, tmp_path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pathfm.main", "--config", "configs/quickstart.py"]
+    return subprocess.Popen(
+        [*cmd, "--workdir", str(workdir), *args],
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition, proc, timeout=600):
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+
+
+def _assert_same_final_state(workdir: Path, reference: Path):
+    """Bit-identical parameters, teacher, center and Adam state after the last step."""
+    step, state = load_state(workdir / "checkpoints")
+    ref_step, ref = load_state(reference / "checkpoints")
+    assert step == ref_step == 12
+    jax.tree.map(np.testing.assert_array_equal, state, ref)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, synthetic_slide_dir):
+    """12 steps without interruption: the reference run."""
+    tmp_path = tmp_path_factory.mktemp("straight")
     args = [*TINY, f"--config.data.slides={synthetic_slide_dir}"]
-    straight = tmp_path / "straight"
-    out = _cli(["--workdir", str(straight), *args], tmp_path, timeout=600)
+    out = _cli(["--workdir", str(tmp_path / "run"), *args], tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    reference = {r["step"]: r for r in read_metrics(straight / "metrics.jsonl")}
+    return tmp_path / "run", args
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_exactly(straight, tmp_path):
+    reference_dir, args = straight
+    reference = {r["step"]: r for r in read_metrics(reference_dir / "metrics.jsonl")}
     assert sorted(reference) == list(range(1, 13))
 
     # Start again in a fresh workdir, SIGKILL it once the step-4 checkpoint is committed.
     killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pathfm.main",
-        "--config",
-        "configs/quickstart.py",
-        "--workdir",
-        str(killed),
-        *args,
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 600
-    while not _committed(killed, 4) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = _launch(killed, args, tmp_path)
+    _wait_for(lambda: _committed(killed, 4), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = read_metrics(killed / "metrics.jsonl")
@@ -131,8 +154,30 @@ def test_killed_run_resumes_with_the_same_data_order(tmp_path, synthetic_slide_d
     assert sorted(resumed) == list(range(1, 13))  # no duplicated or missing steps
     for step in range(5, 13):
         assert resumed[step]["batch_id"] == reference[step]["batch_id"], f"data differs at {step}"
-        assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5)
+        assert resumed[step]["loss"] == reference[step]["loss"], f"loss differs at {step}"
+    _assert_same_final_state(killed, reference_dir)
     final = reference[12]
     for key in ("loss", "rankme", "odcorr"):
         assert isinstance(final[key], float) and final[key] == final[key]  # finite, not NaN
     assert json.loads((killed / "config.json").read_text())["method"] == "dino"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_zero_and_resumes_bit_exactly(straight, tmp_path):
+    reference_dir, args = straight
+    run = tmp_path / "run"
+    proc = _launch(run, args, tmp_path)
+    metrics = run / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(read_metrics(metrics)) >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped_at = read_metrics(metrics)[-1]["step"]
+    assert 5 <= stopped_at < 12, "the run ended before it could be preempted"
+    assert f"preempted: saved checkpoint {stopped_at}" in stderr
+    assert _committed(run, stopped_at)  # saved at the step it reached, not the last multiple of 4
+
+    out = _cli(["--workdir", str(run), *args], tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in out.stderr
+    _assert_same_final_state(run, reference_dir)
