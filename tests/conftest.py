@@ -1,9 +1,13 @@
-"""Shared fixtures. Eight CPU devices are emulated so sharded code paths run for real."""
+"""Shared fixtures. Eight CPU devices are emulated so sharded code paths run for real, and
+compiled programs are cached on disk for the session: many tests compile the same tiny step."""
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="pathfm-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path
 

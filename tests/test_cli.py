@@ -65,12 +65,19 @@ def test_invalid_value_stops_before_writing(tmp_path):
         ("--config.batch_size=abc", "batch_size"),
         ("--config.model.size=huge", "model.size"),
         ("--config.crops.global_size=60", "crops.global_size"),
+        ("--config.mesh.fsdp=3", "config.mesh"),  # 1 device is not 3-way divisible
+        ("--config.on_nonfinite=ignore", "on_nonfinite"),
     ):
         out = _cli(["--workdir", str(workdir), bad], tmp_path)
         assert out.returncode == 2, out.stderr
         assert name in out.stderr
         assert "Traceback" not in out.stderr
     assert not workdir.exists()
+
+
+def test_coordinator_without_process_id_is_one_clear_error(tmp_path):
+    out = _cli(["--workdir", str(tmp_path / "run"), "--coordinator_address=localhost:1"], tmp_path)
+    assert out.returncode == 2 and "--process_id" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_missing_slide_directory_is_one_clear_error(tmp_path):

@@ -165,7 +165,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # ---- Loop ----------------------------------------------------------------------------------
     last: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=start, disable=not sys.stderr.isatty(), unit="step")
+    bar = tqdm(
+        total=total_steps, initial=start, disable=not (is_main and sys.stderr.isatty()), unit="step"
+    )
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
     read_errors_total = 0  # unreadable tiles met this run (each warned about by slide name)
     try:

@@ -51,6 +51,7 @@ def test_restore_latest_gives_state_and_data_position(tmp_path):
     np.testing.assert_array_equal(state["params"]["w"], _state(4)["params"]["w"])
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax coroutine
 def test_truncated_newest_checkpoint_is_set_aside_for_the_previous_one(tmp_path, caplog):
     directory = _saved(tmp_path / "ckpt")
     data_file = _largest_file(directory / "4" / "state")
