@@ -147,6 +147,36 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _as_tuple(value):
+    """JSON lists back to the tuples the config holds (nested for e.g. mesh.rules)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str = "") -> None:
+    for key, value in values.items():
+        if key not in target:
+            raise ConfigError(f"config.{prefix}{key}: not a key of this pathfm version")
+        if isinstance(target[key], ml_collections.ConfigDict):
+            _merge(target[key], value, f"{prefix}{key}.")
+        elif isinstance(target[key], tuple):
+            target[key] = _as_tuple(value)
+        else:
+            target[key] = value
+
+
+def config_from_json(path) -> ml_collections.ConfigDict:
+    """The config a run wrote to <workdir>/config.json, on top of `base_config()`."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: pass the workdir of a pathfm training run")
+    config = base_config()
+    _merge(config, json.loads(path.read_text()))
+    return config
+
+
 def quick_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks an experiment to a few CPU steps on synthetic slides, keeping its method and
     recipe (every paper config's `:quick` argument)."""

@@ -37,6 +37,12 @@ class Method(Protocol):
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
         """Frozen-feature embedding [B, D] of uint8 images [B, H, W, 3] (for monitors)."""
 
+    def tokens(
+        self, params: Params, extra: Params, images: jax.Array, which: str
+    ) -> tuple[jax.Array, jax.Array]:
+        """(CLS [B, D], patch tokens [B, N, D]) of uint8 images from the backbone `which`
+        ('teacher' or 'student'; MAE: 'encoder'), after the final LayerNorm (evaluation)."""
+
     def frozen_rule(self) -> tuple[str | None, int]:
         """(regex over parameter paths, steps) of parameters that get no update at first."""
 

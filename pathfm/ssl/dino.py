@@ -122,6 +122,14 @@ class Dino:
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
         return self._forward(self.teacher, extra["teacher"], images)
 
+    def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
+        source = {"teacher": lambda: extra["teacher"], "student": lambda: params}
+        if which not in source:
+            raise ValueError(f"DINO has a 'teacher' and a 'student' backbone, not {which!r}")
+        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
+        cls, aux = self.teacher.apply({"params": source[which]()["backbone"]}, x)
+        return cls, aux["patch_tokens"]
+
     def frozen_rule(self) -> tuple[str | None, int]:
         steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
         return r"^head/last_layer/", steps

@@ -158,6 +158,13 @@ class DinoV2:
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
         return self._backbone(self.teacher, extra["teacher"], images)[0]
 
+    def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
+        source = {"teacher": lambda: extra["teacher"], "student": lambda: params}
+        if which not in source:
+            raise ValueError(f"DINOv2 has a 'teacher' and a 'student' backbone, not {which!r}")
+        cls, aux = self._backbone(self.teacher, source[which](), images)
+        return cls, aux["patch_tokens"]
+
     def frozen_rule(self) -> tuple[str | None, int]:
         steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
         return r"^(dino_head|ibot_head)/last_layer/", steps

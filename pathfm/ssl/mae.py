@@ -58,9 +58,15 @@ class Mae:
 
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
         """Encoder CLS [B, D] on all patches (mask ratio 0: nothing removed, order irrelevant)."""
+        return self.tokens(params, extra, images)[0]
+
+    def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "encoder"):
+        """(CLS, patch tokens in a shuffled order: only order-free pooling is meaningful)."""
+        if which not in ("encoder", "student"):
+            raise ValueError(f"MAE has one backbone, the 'encoder'; {which!r} does not exist")
         x = normalize_images(images, self.mean, self.std, jnp.dtype(self.vit.dtype))
         latent, _, _ = self.encoder.apply({"params": params["encoder"]}, x, jax.random.key(0), 0.0)
-        return latent[:, 0]
+        return latent[:, 0], latent[:, 1:]
 
     def frozen_rule(self) -> tuple[str | None, int]:
         return None, 0
