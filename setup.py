@@ -25,6 +25,7 @@ setup(
         "numpy>=1.26",
         "opencv-python-headless>=4.9",
         "tqdm>=4.66",
+        "h5py>=3.10",  # PCam's h5 files
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.4"],
