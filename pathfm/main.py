@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
     distributed.initialize(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)
     try:
+        if config.mode == "evaluate":
+            from pathfm.evaluation.run import evaluate, validate_eval
+
+            validate_eval(config)
+            os.makedirs(workdir, exist_ok=True)
+            evaluate(config, workdir)
+            return 0
         validate(config, num_devices=jax.device_count())
         if config.data.slides:
             from pathfm.data.slides import find_slides

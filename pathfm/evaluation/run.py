@@ -1,0 +1,194 @@
+"""Evaluation runs (`python -m pathfm.main --config configs/eval/linear_probe.py
+--config.checkpoint=RUN --workdir OUT`): frozen features of a run's checkpoint on a labelled
+patch task, then eva's linear probe and/or DINO's kNN; results in OUT/results.json and
+OUT/results.md.
+
+Tasks without a test split are reported on their validation split (as eva does for BACH and
+CRC); MHIST's test split doubles as validation (eva's mhist.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from pathfm import parallel
+from pathfm.config import config_from_json
+from pathfm.errors import ConfigError
+from pathfm.evaluation import metrics
+from pathfm.evaluation.datasets import DATASETS, load_dataset
+from pathfm.evaluation.datasets.base import PatchDataset
+from pathfm.evaluation.features import (
+    DEFAULT_BACKBONE,
+    FeatureExtractor,
+    extract_features,
+    load_extractor,
+)
+from pathfm.evaluation.knn import knn_classify
+from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
+from pathfm.evaluation.synthetic_task import synthetic_patch_task
+from pathfm.train.setup import build_setup
+
+log = logging.getLogger("pathfm")
+PROTOCOLS = ("linear_probe", "knn")
+TASKS = (*DATASETS, "synthetic")
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Every key of an evaluation run, with eva's and DINO's defaults."""
+    c = ml_collections.ConfigDict()
+    c.mode = "evaluate"
+    c.checkpoint = ""  # workdir of a pathfm training run (its config.json and checkpoints/)
+    c.step = 0  # 0 = the newest checkpoint
+    c.backbone = ""  # "" = teacher (DINO, DINOv2) or encoder (MAE); or "student"
+    c.random_init = False  # the run's architecture, untrained: the random-init baseline
+    c.task = "synthetic"  # bach, crc, mhist, pcam, image_folder, csv or synthetic
+    c.data_root = ""  # the data set's folder; synthetic: slides ("" = the run's synthetic slides)
+    c.image_size = 0  # px fed to the backbone; 0 = the run's crops.global_size
+    c.batch_size = 256  # feature extraction
+    c.protocols = PROTOCOLS
+    c.linear_probe = ml_collections.ConfigDict(
+        dict(dataclasses.asdict(LinearProbeConfig()), seeds=(0, 1, 2, 3, 4))
+    )
+    c.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
+    c.synthetic = ml_collections.ConfigDict({"mpp": 0.5, "per_class": 32, "seed": 0})
+    return c
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first bad key, before any work."""
+    if not config.checkpoint:
+        raise ConfigError("config.checkpoint: pass the workdir of a pathfm training run")
+    if not (Path(config.checkpoint) / "config.json").is_file():
+        raise ConfigError(
+            f"config.checkpoint: {config.checkpoint} holds no config.json; pass the --workdir "
+            "of a pathfm training run"
+        )
+    if config.task not in TASKS:
+        raise ConfigError(f"config.task: {config.task!r} is not one of {', '.join(TASKS)}")
+    bad = [p for p in config.protocols if p not in PROTOCOLS]
+    if bad or not config.protocols:
+        raise ConfigError(f"config.protocols: use one or more of {PROTOCOLS}, got {bad}")
+    if config.task != "synthetic" and not config.data_root:
+        raise ConfigError(f"config.data_root: the folder of the {config.task} data set")
+    try:
+        LinearProbeConfig(**config.linear_probe.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.linear_probe: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+    """An in-memory split: images uint8 [N, H, W, 3], labels int64 [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images[index], int(self.labels[index])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.images[start:stop]
+
+
+def _task(config, run_config, image_size: int) -> PatchDataset:
+    if config.task != "synthetic":
+        return load_dataset(config.task, config.data_root)
+    root = config.data_root or run_config.data.synthetic_dir
+    root = root or str(Path(config.checkpoint) / "synthetic_slides")
+    s = config.synthetic
+    task = synthetic_patch_task(
+        root, patch_size=image_size, mpp=s.mpp, per_class=s.per_class, seed=s.seed
+    )
+    splits = {name: ArraySplit(*task.split(name)) for name in task.splits()}
+    return PatchDataset("synthetic", tuple(task.classes), s.mpp, splits)
+
+
+def _extractor(config, run_config) -> FeatureExtractor:
+    mesh = parallel.make_mesh(-1, 1)
+    which = config.backbone or None
+    if not config.random_init:
+        return load_extractor(config.checkpoint, which, config.step or None, mesh)
+    setup = build_setup(run_config, parallel.single_device_mesh())
+    state = jax.device_get(setup.fresh_state())
+    return FeatureExtractor(
+        run_config,
+        which or DEFAULT_BACKBONE[run_config.method],
+        state["params"],
+        state["extra"],
+        0,
+        mesh,
+    )
+
+
+def _markdown(results: dict) -> str:
+    rows = ["| protocol | metric | mean | std |", "|---|---|---|---|"]
+    for protocol, result in results["protocols"].items():
+        for metric, mean in result["mean"].items():
+            rows.append(f"| {protocol} | {metric} | {mean:.4f} | {result['std'][metric]:.4f} |")
+    head = (
+        f"# {results['task']}: {results['checkpoint']} (step {results['step']}, "
+        f"{results['backbone']}{', random init' if results['random_init'] else ''})\n\n"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Features, then each protocol; writes results.json and results.md into `workdir`."""
+    workdir = Path(workdir)
+    run_config = config_from_json(Path(config.checkpoint) / "config.json")
+    image_size = config.image_size or run_config.crops.global_size
+    extractor = _extractor(config, run_config)
+    dataset = _task(config, run_config, image_size)
+    names = dataset.splits()
+    roles = {
+        "train": "train",
+        "val": "val" if "val" in names else "test",
+        "test": "test" if "test" in names else "val",
+    }
+    features = {}
+    for split in dict.fromkeys(roles.values()):
+        batches = dataset.iter_batches(split, config.batch_size, image_size)
+        arrays = extract_features(extractor, batches, total=len(dataset.split(split)))
+        features[split] = (arrays["cls"], arrays["labels"])
+        log.info("%s/%s: %d feature vectors", dataset.name, split, len(arrays["cls"]))
+    train, val, test = (features[roles[r]] for r in ("train", "val", "test"))
+    n_classes = len(dataset.classes)
+    results = {
+        "task": dataset.name,
+        "checkpoint": str(config.checkpoint),
+        "step": extractor.step,
+        "backbone": extractor.which,
+        "random_init": bool(config.random_init),
+        "splits": roles,
+        "protocols": {},
+    }
+    if "linear_probe" in config.protocols:
+        probe = linear_probe(
+            *train, *val, *test, n_classes, LinearProbeConfig(**config.linear_probe.to_dict())
+        )
+        results["protocols"]["linear_probe"] = {"mean": probe["mean"], "std": probe["std"]}
+    if "knn" in config.protocols:
+        predictions, _ = knn_classify(
+            train[0], train[1], test[0], n_classes, config.knn.k, config.knn.temperature
+        )
+        bacc = float(metrics.balanced_accuracy(test[1], predictions, n_classes))
+        acc = float(metrics.accuracy(test[1], predictions))
+        results["protocols"]["knn"] = {
+            "mean": {"balanced_accuracy": bacc, "accuracy": acc},
+            "std": {"balanced_accuracy": 0.0, "accuracy": 0.0},
+        }
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    (workdir / "results.md").write_text(_markdown(results))
+    log.info("results in %s:\n%s", workdir / "results.md", _markdown(results))
+    return results

@@ -1,0 +1,78 @@
+"""Evaluation runs end to end: a real training run's checkpoint, the synthetic patch task, the
+linear probe and kNN, results on disk; and the command line's checks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from testutil import REPO, tiny_dino_config
+
+from pathfm.errors import ConfigError
+from pathfm.evaluation.run import eval_config, evaluate, validate_eval
+from pathfm.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, synthetic_slide_dir):
+    workdir = tmp_path_factory.mktemp("pretrain")
+    config = tiny_dino_config(epochs=2, steps_per_epoch=2)
+    config.data.slides = str(synthetic_slide_dir)
+    config.monitor.every_steps = 0
+    train(config, workdir)
+    return workdir
+
+
+def _config(run, slides, **overrides):
+    c = eval_config()
+    c.checkpoint, c.data_root = str(run), str(slides)
+    c.linear_probe.update(max_steps=300, patience_steps=100, eval_every=50, seeds=(0, 1))
+    c.synthetic.per_class = 8
+    c.update(overrides)
+    return c
+
+
+def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(run, synthetic_slide_dir, tmp_path):
+    results = evaluate(_config(run, synthetic_slide_dir), tmp_path)
+    assert results["step"] == 4 and results["backbone"] == "teacher"
+    assert results["splits"] == {"train": "train", "val": "val", "test": "test"}
+    probe = results["protocols"]["linear_probe"]
+    knn = results["protocols"]["knn"]["mean"]["balanced_accuracy"]
+    assert 0.4 < probe["mean"]["balanced_accuracy"] <= 1.0  # 5 classes: chance is 0.2
+    assert probe["std"]["balanced_accuracy"] >= 0.0 and 0.4 < knn <= 1.0
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["protocols"]["knn"]["mean"]["balanced_accuracy"] == knn
+    table = (tmp_path / "results.md").read_text()
+    assert "| linear_probe | balanced_accuracy |" in table and "step 4" in table
+
+
+def test_random_init_baseline_uses_the_same_architecture_untrained(
+    run, synthetic_slide_dir, tmp_path
+):
+    config = _config(run, synthetic_slide_dir, random_init=True, protocols=("knn",))
+    results = evaluate(config, tmp_path)
+    assert results["random_init"] and results["step"] == 0
+    assert "random init" in (tmp_path / "results.md").read_text()
+
+
+def test_bad_evaluation_configs_are_named(run, tmp_path):
+    for overrides, key in (
+        ({"checkpoint": str(tmp_path)}, "config.checkpoint"),
+        ({"task": "imagenet"}, "config.task"),
+        ({"task": "crc", "data_root": ""}, "config.data_root"),
+        ({"protocols": ("svm",)}, "config.protocols"),
+    ):
+        config = _config(run, tmp_path)
+        config.update(overrides)
+        with pytest.raises(ConfigError, match=key):
+            validate_eval(config)
+
+
+def test_command_line_stops_on_a_missing_checkpoint(tmp_path):
+    cmd = [
+        sys.executable, "-m", "pathfm.main", "--config", "configs/eval/linear_probe.py:quick",
+        "--workdir", str(tmp_path / "out"), f"--config.checkpoint={tmp_path / 'none'}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "config.checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
