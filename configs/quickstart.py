@@ -49,4 +49,5 @@ def get_config(arg: str | None = None):
     c.monitor.every_steps = 50
     c.monitor.num_patches = 256
     c.monitor.batch_size = 128
+    c.monitor.online_task = "synthetic"  # kNN on the slides' tissue classes every 50 steps
     return c

@@ -144,6 +144,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.monitor.every_steps = 1000  # 0 disables RankMe/ODCorr
     c.monitor.num_patches = 1024  # fixed probe set, sampled with a seed apart from training
     c.monitor.batch_size = 256
+    c.monitor.online_task = ""  # labelled set scored online: "synthetic", a data set name or ""
+    c.monitor.online_root = ""  # its folder ("" with synthetic: the run's slides)
+    c.monitor.online_protocols = ("knn",)  # and/or "linear_probe" (a short one)
+    c.monitor.online_mpp = 0.5  # synthetic task: patch resolution
+    c.monitor.online_per_class = 16  # synthetic task: patches per class and slide
+    c.monitor.online_max_per_split = 2000  # data sets: images per split at most
     return c
 
 
@@ -339,6 +345,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(m.ffn in ("mlp", "swiglu"), "model.ffn", "use 'mlp' or 'swiglu'")
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
+    from pathfm.evaluation.datasets import DATASETS
+    from pathfm.evaluation.online import PROTOCOLS
+
+    tasks = ("", "synthetic", *DATASETS)
+    _require(c.monitor.online_task in tasks, "monitor.online_task", f"use one of {tasks}")
+    _require(
+        set(c.monitor.online_protocols) <= set(PROTOCOLS),
+        "monitor.online_protocols",
+        f"use one or more of {PROTOCOLS}",
+    )
     _require(
         c.monitor.every_steps == 0 or c.monitor.num_patches >= 2,
         "monitor.num_patches",

@@ -23,6 +23,7 @@ from pathfm import parallel
 from pathfm.data import pipeline
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
+from pathfm.evaluation.online import OnlineProbe
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.metrics_log import MetricsLog
 from pathfm.train.preemption import PreemptionWatch
@@ -137,9 +138,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     data_iter = pipeline.build_train_iterator(
         config, sampler, jax.process_index(), jax.process_count()
     )
-    probe = None
+    probe = online = None
     if config.monitor.every_steps:
         probe = pipeline.probe_images(config, pipeline.build_sampler(config, index, False))
+        if config.monitor.online_task:
+            online = OnlineProbe(config, source)
 
     # ---- State: the latest complete checkpoint, or a fresh one ---------------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep)
@@ -196,8 +199,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 if probe is not None and (
                     done % config.monitor.every_steps == 0 or done == total_steps
                 ):
-                    z = embed_probe_set(embed, state, probe, config.monitor.batch_size, mesh)
-                    record.update(monitor_metrics(jnp.asarray(z)))
+                    embed_set = lambda images, s=state: embed_probe_set(
+                        embed, s, images, config.monitor.batch_size, mesh
+                    )
+                    record.update(monitor_metrics(jnp.asarray(embed_set(probe))))
+                    if online is not None:
+                        record.update(online(embed_set))
                 if record:
                     metrics_log.write(done, record)
                     last = {**last, **record}

@@ -11,6 +11,7 @@ from testutil import REPO, tiny_dino_config
 from pathfm.errors import ConfigError
 from pathfm.evaluation.run import eval_config, evaluate, validate_eval
 from pathfm.train.loop import train
+from pathfm.train.metrics_log import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +19,18 @@ def run(tmp_path_factory, synthetic_slide_dir):
     workdir = tmp_path_factory.mktemp("pretrain")
     config = tiny_dino_config(epochs=2, steps_per_epoch=2)
     config.data.slides = str(synthetic_slide_dir)
-    config.monitor.every_steps = 0
+    config.monitor.update(every_steps=2, online_task="synthetic", online_per_class=8)
+    config.monitor.online_protocols = ("knn", "linear_probe")
     train(config, workdir)
     return workdir
+
+
+def test_online_knn_and_probe_are_logged_during_pretraining(run):
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "rankme" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:  # 5 tissue classes: chance is 0.2
+        assert 0.3 < r["online_knn_balanced_accuracy"] <= 1.0
+        assert 0.3 < r["online_probe_balanced_accuracy"] <= 1.0
 
 
 def _config(run, slides, **overrides):

@@ -1,0 +1,86 @@
+"""Online evaluation during pre-training: a kNN (and optionally a short linear probe) on a small
+labelled patch set, scored on the current teacher's CLS embeddings every `monitor.every_steps`.
+
+`monitor.online_task = "synthetic"` cuts the set from the tissue classes of the run's synthetic
+slides (`pathfm.evaluation.synthetic_task`); any patch data set name (`crc`, `bach`, ...) with
+`monitor.online_root` reads that data set instead (its first `monitor.online_max_per_split`
+images per split). Logged as `online_knn_balanced_accuracy` and, with "linear_probe" in
+`monitor.online_protocols`, `online_probe_balanced_accuracy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from pathfm.errors import ConfigError
+from pathfm.evaluation import metrics
+from pathfm.evaluation.datasets import load_dataset
+from pathfm.evaluation.knn import knn_classify
+from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
+from pathfm.evaluation.synthetic_task import synthetic_patch_task
+
+PROTOCOLS = ("knn", "linear_probe")
+# A short probe: the online number tracks progress; the full eva protocol runs offline.
+ONLINE_PROBE = LinearProbeConfig(max_steps=1000, patience_steps=250, eval_every=50, seeds=(0,))
+
+
+def _first(dataset, split: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for batch, batch_labels in dataset.iter_batches(split, 256, size):
+        images.append(batch)
+        labels.append(batch_labels)
+        if sum(len(x) for x in labels) >= limit:
+            break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+
+
+class OnlineProbe:
+    """Labelled train/val/test images held on the host, scored by any embedding function."""
+
+    def __init__(self, config: ml_collections.ConfigDict, slide_source: str):
+        m = config.monitor
+        bad = [p for p in m.online_protocols if p not in PROTOCOLS]
+        if bad:
+            raise ConfigError(f"config.monitor.online_protocols: {bad} not in {PROTOCOLS}")
+        size = config.crops.global_size
+        if m.online_task == "synthetic":
+            task = synthetic_patch_task(
+                m.online_root or slide_source, patch_size=size, mpp=m.online_mpp,
+                per_class=m.online_per_class, seed=config.seed,
+            )  # fmt: skip
+            self.sets = {name: task.split(name) for name in task.splits()}
+            self.num_classes = len(task.classes)
+        else:
+            if not m.online_root:
+                raise ConfigError(f"config.monitor.online_root: the folder of {m.online_task}")
+            dataset = load_dataset(m.online_task, m.online_root)
+            limit = m.online_max_per_split
+            self.sets = {s: _first(dataset, s, limit, size) for s in dataset.splits()}
+            self.num_classes = len(dataset.classes)
+        names = list(self.sets)
+        self.test = "test" if "test" in names else names[-1]
+        self.val = "val" if "val" in names else self.test
+        self.protocols = tuple(m.online_protocols)
+
+    def __call__(self, embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+        """Scores of `embed` (uint8 images [N, H, W, 3] -> features [N, D])."""
+        features = {name: embed(images) for name, (images, _) in self.sets.items()}
+        train_y, test_y = self.sets["train"][1], self.sets[self.test][1]
+        out = {}
+        if "knn" in self.protocols:
+            predictions, _ = knn_classify(
+                features["train"], train_y, features[self.test], self.num_classes
+            )
+            out["online_knn_balanced_accuracy"] = float(
+                metrics.balanced_accuracy(test_y, predictions, self.num_classes)
+            )
+        if "linear_probe" in self.protocols:
+            result = linear_probe(
+                features["train"], train_y, features[self.val], self.sets[self.val][1],
+                features[self.test], test_y, self.num_classes, ONLINE_PROBE,
+            )  # fmt: skip
+            out["online_probe_balanced_accuracy"] = result["mean"]["balanced_accuracy"]
+        return out
