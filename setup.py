@@ -28,6 +28,14 @@ setup(
         "h5py>=3.10",  # PCam's h5 files
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.4"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "scikit-learn>=1.4",
+            "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set
+            "array-record>=0.8",
+        ],
+        "tfds": ["tensorflow-datasets>=4.9.10", "array-record>=0.8"],
     },
 )

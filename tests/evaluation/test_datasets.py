@@ -274,7 +274,10 @@ def test_missing_data_names_the_path_and_where_to_download(
 
 
 def test_registry_lists_every_reader_and_refuses_unknown_names(tmp_path: Path) -> None:
-    assert set(DATASETS) == {"bach", "crc", "mhist", "pcam", "image_folder", "csv"}
+    assert set(DATASETS) == {
+        "bach", "crc", "mhist", "pcam", "image_folder", "csv",
+        "tfds_patch_camelyon", "tfds_colorectal_histology",
+    }  # fmt: skip
     with pytest.raises(ConfigError, match="unknown data set 'camelyon'"):
         load_dataset("camelyon", tmp_path)
 

@@ -31,6 +31,11 @@ from pathfm.evaluation.datasets.crc import load_crc
 from pathfm.evaluation.datasets.generic import load_csv, load_image_folder
 from pathfm.evaluation.datasets.mhist import load_mhist
 from pathfm.evaluation.datasets.pcam import load_pcam
+from pathfm.evaluation.datasets.tfds_source import (
+    load_tfds,
+    load_tfds_colorectal_histology,
+    load_tfds_patch_camelyon,
+)
 
 DATASETS: dict[str, Callable[..., PatchDataset]] = {
     "bach": load_bach,
@@ -39,6 +44,8 @@ DATASETS: dict[str, Callable[..., PatchDataset]] = {
     "pcam": load_pcam,
     "image_folder": load_image_folder,
     "csv": load_csv,
+    "tfds_patch_camelyon": load_tfds_patch_camelyon,
+    "tfds_colorectal_histology": load_tfds_colorectal_histology,
 }
 
 
@@ -61,6 +68,9 @@ __all__ = [
     "load_image_folder",
     "load_mhist",
     "load_pcam",
+    "load_tfds",
+    "load_tfds_colorectal_histology",
+    "load_tfds_patch_camelyon",
     "resize_and_crop",
     "stratified_split",
 ]
