@@ -28,7 +28,7 @@ SLIDE_WEIGHTINGS = ("uniform", "tissue_area")
 _BUDGET_STREAM = 0x9A7C4B  # salts the pool's seed stream apart from the samples' [seed, index]
 
 
-def _inspect(
+def inspect_slide(
     record: slides_lib.SlideRecord,
     tissue: tissue_lib.TissueConfig,
     max_mpp: float | None,
@@ -131,7 +131,7 @@ class SlideIndex:
             raise ConfigError(f"on_bad_slide must be 'skip' or 'error', got {on_bad_slide!r}")
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        inspect = lambda r: _inspect(r, tissue, max_mpp_for_training, cache_dir)
+        inspect = lambda r: inspect_slide(r, tissue, max_mpp_for_training, cache_dir)
         slides, rejected = [], []
         with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
             results = map(inspect, records) if num_threads <= 1 else pool.map(inspect, records)
