@@ -75,24 +75,43 @@ def find_slides(source: str) -> list[SlideRecord]:
     return [SlideRecord(p) for p in paths]
 
 
-def _read_manifest(csv_path: str) -> list[SlideRecord]:
-    """Read a CSV manifest with a `path` column and an optional `mpp` column."""
-    folder = os.path.dirname(os.path.abspath(csv_path))
+def _manifest_rows(csv_path: str, columns: Sequence[str] = ("path",)) -> list[tuple[int, dict]]:
+    """(line number, row) of each CSV row with a non-empty `path`; DataError if a column is
+    missing from the header."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [(name or "").strip() for name in (reader.fieldnames or [])]
-        if "path" not in fields:
+        absent = [c for c in columns if c not in fields]
+        if absent:
             raise DataError(
-                f"Manifest {csv_path} has no 'path' column (header: {fields}); "
-                "add a header line with 'path' and optionally 'mpp'."
+                f"Manifest {csv_path} has no {', '.join(map(repr, absent))} column (header: "
+                f"{fields}); add a header line with 'path', optionally 'mpp', and "
+                f"{', '.join(map(repr, columns))}."
             )
         reader.fieldnames = fields
-        rows = list(reader)
+        rows = list(enumerate(reader, start=2))
+    return [(line, row) for line, row in rows if (row.get("path") or "").strip()]
+
+
+def manifest_column(csv_path: str, column: str) -> list[str]:
+    """The stripped `column` values of a manifest, one per slide in `find_slides(csv_path)`
+    order (e.g. slide labels for MIL); DataError naming the line of an empty value."""
+    values = []
+    for line, row in _manifest_rows(csv_path, ("path", column)):
+        value = (row.get(column) or "").strip()
+        if not value:
+            raise DataError(f"Manifest {csv_path} line {line}: empty {column!r}; fill it in.")
+        values.append(value)
+    return values
+
+
+def _read_manifest(csv_path: str) -> list[SlideRecord]:
+    """Read a CSV manifest with a `path` column and an optional `mpp` column."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    rows = _manifest_rows(csv_path)
     records, missing = [], []
-    for line, row in enumerate(rows, start=2):
-        raw = (row.get("path") or "").strip()
-        if not raw:
-            continue
+    for line, row in rows:
+        raw = row["path"].strip()
         path = os.path.join(folder, os.path.expanduser(raw))
         mpp = _parse_manifest_mpp(row.get("mpp"), csv_path, line)
         if not os.path.isfile(path):

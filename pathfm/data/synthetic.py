@@ -1,9 +1,10 @@
 """Embedded default data set: synthetic H&E whole-slide images as pyramidal OpenSlide TIFFs.
 
 Each slide is white glass with rectangular tissue regions, one tissue class per region (every class
-at least once), rendered in stain space (hematoxylin / eosin optical densities, Beer-Lambert) with
-physically sized structures (microns converted with the slide's mpp). A sidecar JSON
-``<stem>.json`` next to the TIFF holds the :class:`SlideAnnotation` (region boxes and labels).
+at least once, or every class of a chosen subset: `classes=`), rendered in stain space
+(hematoxylin / eosin optical densities, Beer-Lambert) with physically sized structures (microns
+converted with the slide's mpp). A sidecar JSON ``<stem>.json`` next to the TIFF holds the
+:class:`SlideAnnotation` (region boxes and labels).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +291,11 @@ def _split(rng: np.random.Generator, start: float, length: float, n: int, gap: f
     return [(round(a), round(a + b)) for a, b in zip(lo.tolist(), sizes.tolist(), strict=True)]
 
 
-def _layout(rng: np.random.Generator, width: int, height: int) -> tuple[Region, ...]:
-    """Two bands of 2-3 boxes each; every class at least once, in random order."""
+def _layout(
+    rng: np.random.Generator, width: int, height: int, classes: tuple[str, ...] = TISSUE_CLASSES
+) -> tuple[Region, ...]:
+    """Two bands of 2-3 boxes each; every one of `classes` at least once, in random order (the
+    draws for the default all-class case are those of earlier versions: same seed, same slide)."""
     mx, my = rng.uniform(0.03, 0.045) * width, rng.uniform(0.03, 0.045) * height
     gap = rng.uniform(0.02, 0.03) * min(width, height)
     counts = [(2, 3), (3, 2), (3, 3)][rng.integers(3)]
@@ -301,8 +306,8 @@ def _layout(rng: np.random.Generator, width: int, height: int) -> tuple[Region, 
     for band, n in zip(_split(rng, *major, 2, gap), counts, strict=True):
         for seg in _split(rng, *minor, n, gap):
             cells.append((*seg, *band) if by_rows else (*band, *seg))  # (x0, x1, y0, y1)
-    extra = rng.choice(len(TISSUE_CLASSES), len(cells) - len(TISSUE_CLASSES)).tolist()
-    labels = [TISSUE_CLASSES[i] for i in rng.permutation(len(TISSUE_CLASSES)).tolist() + extra]
+    extra = rng.choice(len(classes), len(cells) - len(classes)).tolist()
+    labels = [classes[i] for i in rng.permutation(len(classes)).tolist() + extra]
     regions = []
     for label, (x0, x1, y0, y1) in zip(labels, cells, strict=True):
         ix, iy = rng.uniform(0, 0.015, 2) * (x1 - x0), rng.uniform(0, 0.015, 2) * (y1 - y0)
@@ -320,11 +325,11 @@ def _add_noise(rng: np.random.Generator, img: np.ndarray, amplitude: int = 3) ->
 
 
 def _render_slide(
-    seed: int, width: int, height: int, mpp: float
+    seed: int, width: int, height: int, mpp: float, classes: tuple[str, ...] = TISSUE_CLASSES
 ) -> tuple[np.ndarray, tuple[Region, ...]]:
-    """Level-0 RGB (height, width, 3) uint8 and its regions, deterministic for the seed."""
+    """Level-0 RGB (height, width, 3) uint8 and its regions, deterministic for the arguments."""
     rng = np.random.default_rng(seed)
-    regions = _layout(rng, width, height)
+    regions = _layout(rng, width, height, classes)
     s = 1.0 / mpp
     img = np.full((height, width, 3), 242, np.uint8)
     for r in regions:
@@ -408,22 +413,45 @@ def write_synthetic_slide(
     downsample: int = 2,
     min_level_size: int = 256,
     quality: int = 90,
+    classes: Sequence[str] = TISSUE_CLASSES,
 ) -> SlideAnnotation:
-    """Write one synthetic H&E slide (pyramidal JPEG TIFF) plus sidecar JSON; return its truth."""
+    """Write one synthetic H&E slide (pyramidal JPEG TIFF) plus sidecar JSON; return its truth.
+
+    `classes`: the tissue classes it shows (2-5 distinct names of TISSUE_CLASSES, each at least
+    once), e.g. all but "tumor" for a tumour-free slide of a slide-level task."""
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise DataError(f"synthetic slide path must end in .tif or .tiff: {path}")
     if seed < 0:
         raise DataError(f"seed must be >= 0, got {seed}")
     _check_args(width, height, mpp, tile, downsample, min_level_size, quality)
-    img, regions = _render_slide(seed, width, height, mpp)
+    classes = _check_classes(classes)
+    img, regions = _render_slide(seed, width, height, mpp, classes)
     ann = SlideAnnotation(str(path), width, height, float(mpp), regions)
-    extra = {"path": path.name, "seed": seed, "downsample": downsample, "generator": _GENERATOR}
+    extra = {
+        "path": path.name,
+        "seed": seed,
+        "downsample": downsample,
+        "classes": list(classes),
+        "generator": _GENERATOR,
+    }
     sizes = _level_sizes(width, height, downsample, min_level_size)
     _atomic_write(path, lambda p: _write_pyramid(p, img, mpp, sizes, tile, quality))
     sidecar = {**ann.to_json(), **extra}
     _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=1)))
     return ann
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """`classes` as a tuple; DataError unless 2-5 distinct names of TISSUE_CLASSES (a slide lays
+    out at least 4 boxes, so one class alone would not fill it with distinct tissue)."""
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in TISSUE_CLASSES]
+    if unknown or len(set(classes)) != len(classes) or not 2 <= len(classes) <= 5:
+        raise DataError(
+            f"classes must be 2-5 distinct names of {TISSUE_CLASSES}; got {list(classes)}"
+        )
+    return classes
 
 
 def _is_complete(path: Path, expected: dict[str, Any]) -> bool:
@@ -444,18 +472,21 @@ def generate_synthetic_slides(
     height: int = 4096,
     mpp: float = 0.25,
     downsample: int = 2,
+    classes: Sequence[str] = TISSUE_CLASSES,
+    prefix: str = "synthetic",
 ) -> list[Path]:
-    """Write ``synthetic_{i:03d}.tiff`` (+ .json) for i < n_slides, skipping complete ones."""
+    """Write ``<prefix>_{i:03d}.tiff`` (+ .json) for i < n_slides, slide i from seed
+    `seed * 1000 + i`, showing `classes`; complete ones (same parameters) are kept as they are."""
     if n_slides < 0 or seed < 0:
         raise DataError(f"n_slides and seed must be >= 0, got {n_slides} and {seed}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n_slides):
-        path = directory / f"synthetic_{i:03d}.tiff"
+        path = directory / f"{prefix}_{i:03d}.tiff"
         shape = {"width": width, "height": height, "mpp": float(mpp), "downsample": downsample}
         expected = {"seed": seed * 1000 + i, "generator": _GENERATOR, **shape}
-        if not _is_complete(path, expected):
-            write_synthetic_slide(path, seed=seed * 1000 + i, **shape)
+        if not _is_complete(path, {**expected, "classes": list(classes)}):
+            write_synthetic_slide(path, seed=seed * 1000 + i, classes=classes, **shape)
         paths.append(path)
     return paths

@@ -175,6 +175,22 @@ def test_deterministic_per_seed_and_different_between_seeds(tmp_path: Path) -> N
     assert a.regions != c.regions and not np.array_equal(pa, pc)
 
 
+def test_class_subset_shows_exactly_those_classes(tmp_path: Path) -> None:
+    kw = {"width": 768, "height": 512, "mpp": 0.5}
+    default = write_synthetic_slide(tmp_path / "a.tiff", seed=5, **kw)
+    explicit = write_synthetic_slide(tmp_path / "b.tiff", seed=5, classes=TISSUE_CLASSES, **kw)
+    assert explicit.regions == default.regions  # the default draws are unchanged
+    no_tumor = tuple(c for c in TISSUE_CLASSES if c != "tumor")
+    for seed in range(4):
+        ann = write_synthetic_slide(tmp_path / f"n{seed}.tiff", seed=seed, classes=no_tumor, **kw)
+        assert {r.label for r in ann.regions} == set(no_tumor)
+    two = write_synthetic_slide(tmp_path / "two.tiff", seed=0, classes=("adipose", "tumor"), **kw)
+    assert {r.label for r in two.regions} == {"adipose", "tumor"} and len(two.regions) >= 4
+    for bad in (("tumor",), ("tumor", "tumor"), ("tumor", "bone")):
+        with pytest.raises(DataError, match="classes"):
+            write_synthetic_slide(tmp_path / "bad.tiff", seed=0, classes=bad, **kw)
+
+
 def test_generate_is_idempotent_and_atomic(tmp_path: Path) -> None:
     out = tmp_path / "new" / "dir"
     kw = {"n_slides": 3, "seed": 1, "width": 640, "height": 512, "mpp": 0.5}
