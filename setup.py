@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# PyTorch interop (timm export / import, docs/interop.md); the JAX side never imports torch.
+EXPORT = ["torch>=2.1", "timm>=1.0", "safetensors>=0.4"]
+
 setup(
     name="pathfm",
     version="0.1.0",
@@ -35,7 +38,9 @@ setup(
             "scikit-learn>=1.4",
             "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set
             "array-record>=0.8",
+            *EXPORT,  # the timm parity tests run against real timm models
         ],
+        "export": EXPORT,
         "tfds": ["tensorflow-datasets>=4.9.10", "array-record>=0.8"],
     },
 )

@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.no_embed_class = False  # True: no position embedding on CLS/registers (timm DINOv2)
     c.model.ffn = "mlp"  # or "swiglu" (DINOv2 ViT-g)
     c.model.drop_path_uniform = False  # True: every block drops at drop_path_rate (DINOv2)
+    c.model.init_from = ""  # timm/PyTorch ViT weights (.safetensors/.pth) for the backbone
+    c.model.init_prefix = ""  # their keys' prefix in the file, e.g. "teacher.backbone."; "" = auto
 
     c.dino = ml_collections.ConfigDict()
     c.dino.out_dim = 65536
@@ -264,6 +266,24 @@ def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size", "must be >= 0")
 
 
+def _check_init_from(config: ml_collections.ConfigDict) -> None:
+    """The weights file exists, has a known format and fits the backbone (shapes only)."""
+    from pathlib import Path
+
+    import jax
+
+    from pathfm.interop.timm_import import SUFFIXES, check_init_from
+    from pathfm.ssl.registry import build_method
+
+    path = Path(config.model.init_from)
+    _require(path.is_file(), "model.init_from", f"{path} does not exist")
+    _require(path.suffix in SUFFIXES, "model.init_from", f"{path.name}: use one of {SUFFIXES}")
+    method = build_method(config)
+    params, extra = jax.eval_shape(method.init, jax.random.key(0))
+    backbone = method.backbone(params, extra, "student")
+    check_init_from(path, config.model.init_prefix, backbone.config, backbone.params)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raises ConfigError naming the first invalid value; checks everything before any work."""
     from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
@@ -360,3 +380,5 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         "monitor.num_patches",
         "need at least 2 probe patches",
     )
+    if m.init_from:
+        _check_init_from(c)

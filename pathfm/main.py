@@ -1,5 +1,8 @@
 """Command line: `python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR`.
 
+Modes (`config.mode`): pretrain, evaluate (configs/eval/), export (configs/export.py, which writes
+to `config.output` and needs no --workdir).
+
 Flag parsing and dispatch only. Config values are overridden with `--config.key=value`; an
 unknown key or an invalid value stops with one message and exit code 2 before anything is written.
 """
@@ -75,7 +78,7 @@ def parse_args(argv: list[str]):
     except Exception as e:  # absl/ml_collections raise several types; all mean a bad flag
         message = str(e).replace("\n", " ").strip()
         fail(f"bad command line: {message}\n{USAGE}")
-    if not fv.workdir:
+    if not fv.workdir and config.get("mode") != "export":  # an export writes to config.output
         fail(f"--workdir is required\n{USAGE}")
     if fv.coordinator_address and (fv.num_processes is None or fv.process_id is None):
         fail("--coordinator_address needs --num_processes and --process_id as well")
@@ -97,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     distributed.initialize(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)
     try:
+        if config.mode == "export":
+            from pathfm.interop.export_run import export_run, validate_export
+
+            validate_export(config)
+            description = export_run(config)
+            print(f"pathfm: wrote {description['timm_name']} to {config.output} (docs/interop.md)")
+            return 0
         if config.mode == "evaluate":
             from pathfm.evaluation.run import evaluate, validate_eval
 

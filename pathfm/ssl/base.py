@@ -6,6 +6,7 @@ A method splits its state into `params` (trained by the optimiser: the student) 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import jax
@@ -22,6 +23,7 @@ class Method(Protocol):
 
     name: str
     batch_keys: tuple[str, ...]  # the arrays a batch must hold, each [B, ...]
+    backbones: tuple[str, ...]  # the backbones `which` may name; the first is the default
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         """Fresh (params, extra)."""
@@ -45,6 +47,45 @@ class Method(Protocol):
 
     def frozen_rule(self) -> tuple[str | None, int]:
         """(regex over parameter paths, steps) of parameters that get no update at first."""
+
+    def backbone(self, params: Params, extra: Params, which: str) -> Backbone:
+        """The backbone `which` as `VisionTransformer` parameters plus its architecture (export)."""
+
+    def with_backbone(
+        self, params: Params, extra: Params, backbone: Params
+    ) -> tuple[Params, Params]:
+        """(params, extra) whose student backbone, and what starts as its copy (the EMA
+        teacher), is `backbone` (a `VisionTransformer` tree, as `backbone()` gives): importing
+        weights. Heads and everything else are left as they are."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A method's ViT backbone: parameters as `pathfm.models.vit.VisionTransformer` holds them
+    (MAE's encoder with its fixed sin-cos table as `pos_embed`) and the architecture."""
+
+    params: Params
+    config: ViTConfig
+
+
+def check_backbone(method: Method, which: str) -> None:
+    """ValueError unless `which` names one of `method`'s backbones."""
+    if which not in method.backbones:
+        names = " and a ".join(repr(b) for b in method.backbones)
+        raise ValueError(f"{method.name} has a {names} backbone, not {which!r}")
+
+
+def ema_backbone(params: Params, extra: Params, which: str) -> Params:
+    """The 'teacher' (EMA copy in `extra`) or 'student' backbone subtree of a self-distillation
+    method (DINO, DINOv2)."""
+    return (extra["teacher"] if which == "teacher" else params)["backbone"]
+
+
+def with_ema_backbone(params: Params, extra: Params, backbone: Params) -> tuple[Params, Params]:
+    """Student and EMA teacher both start from `backbone`, as the teacher starts as the
+    student's copy."""
+    teacher = {**extra["teacher"], "backbone": backbone}
+    return {**params, "backbone": backbone}, {**extra, "teacher": teacher}
 
 
 def backbone_config(model, drop_path_rate: float) -> ViTConfig:

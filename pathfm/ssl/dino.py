@@ -14,7 +14,18 @@ import ml_collections
 from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
-from pathfm.ssl.base import Batch, Params, backbone_config, crop_major, ema, normalize_images
+from pathfm.ssl.base import (
+    Backbone,
+    Batch,
+    Params,
+    backbone_config,
+    check_backbone,
+    crop_major,
+    ema,
+    ema_backbone,
+    normalize_images,
+    with_ema_backbone,
+)
 from pathfm.ssl.dino_loss import dino_loss, update_center
 from pathfm.train.schedules import cosine_schedule, epoch_linear_warmup
 
@@ -42,6 +53,7 @@ class Dino:
 
     name = "dino"
     batch_keys = ("global_crops", "local_crops")
+    backbones = ("teacher", "student")
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -123,12 +135,17 @@ class Dino:
         return self._forward(self.teacher, extra["teacher"], images)
 
     def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
-        source = {"teacher": lambda: extra["teacher"], "student": lambda: params}
-        if which not in source:
-            raise ValueError(f"DINO has a 'teacher' and a 'student' backbone, not {which!r}")
+        backbone = self.backbone(params, extra, which).params
         x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
-        cls, aux = self.teacher.apply({"params": source[which]()["backbone"]}, x)
+        cls, aux = self.teacher.apply({"params": backbone}, x)
         return cls, aux["patch_tokens"]
+
+    def backbone(self, params: Params, extra: Params, which: str = "teacher") -> Backbone:
+        check_backbone(self, which)
+        return Backbone(ema_backbone(params, extra, which), self.teacher.config)
+
+    def with_backbone(self, params: Params, extra: Params, backbone: Params):
+        return with_ema_backbone(params, extra, backbone)
 
     def frozen_rule(self) -> tuple[str | None, int]:
         steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)

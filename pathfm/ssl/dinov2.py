@@ -15,7 +15,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from pathfm.models.vit import VisionTransformer
-from pathfm.ssl.base import Batch, Params, backbone_config, crop_major, ema, normalize_images
+from pathfm.ssl.base import (
+    Backbone,
+    Batch,
+    Params,
+    backbone_config,
+    check_backbone,
+    crop_major,
+    ema,
+    ema_backbone,
+    normalize_images,
+    with_ema_backbone,
+)
 from pathfm.ssl.dino import build_head
 from pathfm.ssl.dino_loss import update_center
 from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
@@ -35,6 +46,7 @@ class DinoV2:
 
     name = "dinov2"
     batch_keys = ("global_crops", "local_crops", "masks")
+    backbones = ("teacher", "student")
 
     def __init__(self, config: ml_collections.ConfigDict, koleo_groups: int | None = None):
         self.config = config
@@ -159,11 +171,17 @@ class DinoV2:
         return self._backbone(self.teacher, extra["teacher"], images)[0]
 
     def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
-        source = {"teacher": lambda: extra["teacher"], "student": lambda: params}
-        if which not in source:
-            raise ValueError(f"DINOv2 has a 'teacher' and a 'student' backbone, not {which!r}")
-        cls, aux = self._backbone(self.teacher, source[which](), images)
+        backbone = self.backbone(params, extra, which).params
+        cls, aux = self._backbone(self.teacher, {"backbone": backbone}, images)
         return cls, aux["patch_tokens"]
+
+    def backbone(self, params: Params, extra: Params, which: str = "teacher") -> Backbone:
+        """The ViT with the iBOT `mask_token` (not part of timm's layout; export drops it)."""
+        check_backbone(self, which)
+        return Backbone(ema_backbone(params, extra, which), self.teacher.config)
+
+    def with_backbone(self, params: Params, extra: Params, backbone: Params):
+        return with_ema_backbone(params, extra, backbone)
 
     def frozen_rule(self) -> tuple[str | None, int]:
         steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)

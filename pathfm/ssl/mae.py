@@ -7,12 +7,22 @@ run on the accelerator. There is no teacher: `extra` is empty.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from pathfm.models.mae import MAE, MAEEncoder, xavier_block_kernels
-from pathfm.ssl.base import Batch, Params, backbone_config, normalize_images
+from pathfm.models.sincos import sincos_2d_pos_embed
+from pathfm.ssl.base import (
+    Backbone,
+    Batch,
+    Params,
+    backbone_config,
+    check_backbone,
+    normalize_images,
+)
 from pathfm.ssl.mae_ops import mae_loss
 
 
@@ -21,6 +31,7 @@ class Mae:
 
     name = "mae"
     batch_keys = ("images",)
+    backbones = ("encoder", "student")  # "student" names the encoder too (MAE has no teacher)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -62,11 +73,26 @@ class Mae:
 
     def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "encoder"):
         """(CLS, patch tokens in a shuffled order: only order-free pooling is meaningful)."""
-        if which not in ("encoder", "student"):
-            raise ValueError(f"MAE has one backbone, the 'encoder'; {which!r} does not exist")
+        check_backbone(self, which)
         x = normalize_images(images, self.mean, self.std, jnp.dtype(self.vit.dtype))
         latent, _, _ = self.encoder.apply({"params": params["encoder"]}, x, jax.random.key(0), 0.0)
         return latent[:, 0], latent[:, 1:]
 
     def frozen_rule(self) -> tuple[str | None, int]:
         return None, 0
+
+    def backbone(self, params: Params, extra: Params, which: str = "encoder") -> Backbone:
+        """The encoder plus its fixed 2D sin-cos table (zero CLS row) for `model.img_size` as
+        `pos_embed`: exactly what `forward_encoder` adds, so a `VisionTransformer` (and timm's
+        `vit_*_patch16_224`, which keeps MAE's table as a parameter) computes the same tokens."""
+        check_backbone(self, which)
+        # MAEEncoder has neither registers nor a choice of position-embedding layout.
+        cfg = dataclasses.replace(self.encoder.config, num_registers=0, no_embed_class=False)
+        table = sincos_2d_pos_embed(cfg.embed_dim, cfg.grid_size, cls_token=True)
+        pos_embed = jnp.asarray(table, jnp.float32)[None]  # [1, 1 + N, D]
+        return Backbone({**params["encoder"], "pos_embed": pos_embed}, cfg)
+
+    def with_backbone(self, params: Params, extra: Params, backbone: Params):
+        """The encoder from `backbone`; its `pos_embed` is dropped: MAE's stays the fixed table."""
+        encoder = {k: v for k, v in backbone.items() if k != "pos_embed"}
+        return {**params, "encoder": encoder}, extra

@@ -120,8 +120,17 @@ def load_state(directory: str | Path, step: int | None = None) -> tuple[int, dic
         if step is None:
             raise TrainingStopped(f"no complete checkpoint in {directory}")
         path = directory / str(step) / "state"
-        with ocp.PyTreeCheckpointer() as reader:
+        # The step-level _CHECKPOINT_METADATA sits one folder up; orbax warns that the item folder
+        # lacks one, which is expected here.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            reader = ocp.PyTreeCheckpointer()
             metadata = reader.metadata(path).item_metadata
+        finally:
+            absl_logger.setLevel(level)
+        with reader:
             restore_args = jax.tree.map(
                 lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree
             )

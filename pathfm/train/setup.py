@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from pathfm.ssl.base import Method
@@ -47,8 +48,24 @@ class TrainSetup:
         )
 
     def fresh_state(self) -> TrainState:
-        """The initial state, created already sharded (no device holds more than its shard)."""
-        return self._init(self.init_rng)
+        """The initial state, created already sharded (no device holds more than its shard).
+        With `model.init_from`, the student backbone (and the EMA teacher, which starts as its
+        copy) holds those weights; heads stay randomly initialised."""
+        state = self._init(self.init_rng)
+        if self.config.model.init_from:
+            state = self._import_backbone(state)
+        return state
+
+    def _import_backbone(self, state: TrainState) -> TrainState:
+        from pathfm.interop.timm_import import load_backbone
+
+        model = self.config.model
+        template = self.method.backbone(state["params"], state["extra"], "student")
+        weights = load_backbone(
+            model.init_from, model.init_prefix, template.config, template.params
+        )
+        params, extra = self.method.with_backbone(state["params"], state["extra"], weights)
+        return jax.tree.map(_place, {**state, "params": params, "extra": extra}, self.shardings)
 
     def restore_target(self) -> TrainState:
         """ShapeDtypeStructs with shardings: how a checkpoint is laid out when restored."""
@@ -58,6 +75,15 @@ class TrainSetup:
             abstract,
             self.shardings,
         )
+
+
+def _place(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array laid out with `sharding` (each process fills its own shards; every process
+    holds the whole array); device arrays stay as they are."""
+    if isinstance(value, jax.Array):
+        return value
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def build_setup(
