@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(workdir, exist_ok=True)
             evaluate(config, workdir)
             return 0
+        if config.mode == "evaluate_mil":
+            from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
+
+            validate_mil(config)
+            os.makedirs(workdir, exist_ok=True)
+            evaluate_mil(config, workdir)
+            return 0
         validate(config, num_devices=jax.device_count())
         if config.data.slides:
             from pathfm.data.slides import find_slides

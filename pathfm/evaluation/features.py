@@ -27,7 +27,10 @@ from pathfm.errors import DataError
 from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import load_state
 
-DEFAULT_BACKBONE = {"dino": "teacher", "dinov2": "teacher", "mae": "encoder"}
+
+def default_backbone(config: ml_collections.ConfigDict) -> str:
+    """The backbone evaluated unless one is named: the teacher (DINO, DINOv2), the encoder (MAE)."""
+    return build_method(config).backbones[0]
 
 
 @dataclasses.dataclass
@@ -72,7 +75,7 @@ def load_extractor(
     workdir = Path(workdir)
     config = config_from_json(workdir / "config.json")
     step, state = load_state(workdir / "checkpoints", step)
-    which = which or DEFAULT_BACKBONE[config.method]
+    which = which or default_backbone(config)
     mesh = mesh or parallel.make_mesh(-1, 1)
     return FeatureExtractor(config, which, state["params"], state["extra"], step, mesh)
 

@@ -25,8 +25,8 @@ from pathfm.evaluation import metrics
 from pathfm.evaluation.datasets import DATASETS, load_dataset
 from pathfm.evaluation.datasets.base import PatchDataset
 from pathfm.evaluation.features import (
-    DEFAULT_BACKBONE,
     FeatureExtractor,
+    default_backbone,
     extract_features,
     load_extractor,
 )
@@ -40,14 +40,20 @@ PROTOCOLS = ("linear_probe", "knn")
 TASKS = (*DATASETS, "synthetic")
 
 
-def eval_config() -> ml_collections.ConfigDict:
-    """Every key of an evaluation run, with eva's and DINO's defaults."""
+def checkpoint_config() -> ml_collections.ConfigDict:
+    """The keys that choose the frozen backbone, shared by every evaluation run."""
     c = ml_collections.ConfigDict()
-    c.mode = "evaluate"
     c.checkpoint = ""  # workdir of a pathfm training run (its config.json and checkpoints/)
     c.step = 0  # 0 = the newest checkpoint
     c.backbone = ""  # "" = teacher (DINO, DINOv2) or encoder (MAE); or "student"
     c.random_init = False  # the run's architecture, untrained: the random-init baseline
+    return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Every key of an evaluation run, with eva's and DINO's defaults."""
+    c = checkpoint_config()
+    c.mode = "evaluate"
     c.task = "synthetic"  # bach, crc, mhist, pcam, image_folder, csv or synthetic
     c.data_root = ""  # the data set's folder; synthetic: slides ("" = the run's synthetic slides)
     c.image_size = 0  # px fed to the backbone; 0 = the run's crops.global_size
@@ -61,8 +67,8 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate_eval(config: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the first bad key, before any work."""
+def validate_checkpoint_keys(config: ml_collections.ConfigDict) -> None:
+    """ConfigError unless `checkpoint` is a training run's workdir."""
     if not config.checkpoint:
         raise ConfigError("config.checkpoint: pass the workdir of a pathfm training run")
     if not (Path(config.checkpoint) / "config.json").is_file():
@@ -70,6 +76,11 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
             f"config.checkpoint: {config.checkpoint} holds no config.json; pass the --workdir "
             "of a pathfm training run"
         )
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first bad key, before any work."""
+    validate_checkpoint_keys(config)
     if config.task not in TASKS:
         raise ConfigError(f"config.task: {config.task!r} is not one of {', '.join(TASKS)}")
     bad = [p for p in config.protocols if p not in PROTOCOLS]
@@ -113,16 +124,20 @@ def _task(config, run_config, image_size: int) -> PatchDataset:
     return PatchDataset("synthetic", tuple(task.classes), s.mpp, splits)
 
 
-def _extractor(config, run_config) -> FeatureExtractor:
+def make_extractor(config, run_config) -> FeatureExtractor:
+    """The frozen backbone the checkpoint keys choose, on a data-parallel mesh of all devices;
+    `random_init`: the run's architecture at its initialisation (no `model.init_from` weights)."""
     mesh = parallel.make_mesh(-1, 1)
     which = config.backbone or None
     if not config.random_init:
         return load_extractor(config.checkpoint, which, config.step or None, mesh)
-    setup = build_setup(run_config, parallel.single_device_mesh())
+    untrained = ml_collections.ConfigDict(run_config.to_dict())
+    untrained.model.init_from = ""  # the baseline is random even for runs started from weights
+    setup = build_setup(untrained, parallel.single_device_mesh())
     state = jax.device_get(setup.fresh_state())
     return FeatureExtractor(
         run_config,
-        which or DEFAULT_BACKBONE[run_config.method],
+        which or default_backbone(run_config),
         state["params"],
         state["extra"],
         0,
@@ -130,7 +145,8 @@ def _extractor(config, run_config) -> FeatureExtractor:
     )
 
 
-def _markdown(results: dict) -> str:
+def markdown_table(results: dict) -> str:
+    """A heading naming the checkpoint, then a protocol | metric | mean | std table."""
     rows = ["| protocol | metric | mean | std |", "|---|---|---|---|"]
     for protocol, result in results["protocols"].items():
         for metric, mean in result["mean"].items():
@@ -147,7 +163,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     run_config = config_from_json(Path(config.checkpoint) / "config.json")
     image_size = config.image_size or run_config.crops.global_size
-    extractor = _extractor(config, run_config)
+    extractor = make_extractor(config, run_config)
     dataset = _task(config, run_config, image_size)
     names = dataset.splits()
     roles = {
@@ -189,6 +205,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    (workdir / "results.md").write_text(_markdown(results))
-    log.info("results in %s:\n%s", workdir / "results.md", _markdown(results))
+    (workdir / "results.md").write_text(markdown_table(results))
+    log.info("results in %s:\n%s", workdir / "results.md", markdown_table(results))
     return results
