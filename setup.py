@@ -29,6 +29,7 @@ setup(
         "opencv-python-headless>=4.9",
         "tqdm>=4.66",
         "h5py>=3.10",  # PCam's h5 files
+        "matplotlib>=3.8",  # python -m pathfm.report
     ],
     extras_require={
         "test": [
@@ -38,6 +39,7 @@ setup(
             "scikit-learn>=1.4",
             "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set
             "array-record>=0.8",
+            "tensorboard>=2.16",  # the dashboard tests read the event files back with its reader
             *EXPORT,  # the timm parity tests run against real timm models
         ],
         "export": EXPORT,

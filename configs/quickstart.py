@@ -50,4 +50,5 @@ def get_config(arg: str | None = None):
     c.monitor.num_patches = 256
     c.monitor.batch_size = 128
     c.monitor.online_task = "synthetic"  # kNN on the slides' tissue classes every 50 steps
+    c.dashboard.image_every_steps = 50  # crop grids in <workdir>/tensorboard (docs/dashboards.md)
     return c

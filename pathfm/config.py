@@ -152,6 +152,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.monitor.online_mpp = 0.5  # synthetic task: patch resolution
     c.monitor.online_per_class = 16  # synthetic task: patches per class and slide
     c.monitor.online_max_per_split = 2000  # data sets: images per split at most
+
+    c.dashboard = ml_collections.ConfigDict()  # <workdir>/tensorboard/; see docs/dashboards.md
+    c.dashboard.tensorboard = True  # event files of every logged scalar and crop grids
+    c.dashboard.image_every_steps = 1000  # crop grids at the run's first step and every N; 0: first
+    c.dashboard.image_samples = 8  # samples (grid rows) per crop grid; 0 writes no images
     return c
 
 
@@ -380,5 +385,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         "monitor.num_patches",
         "need at least 2 probe patches",
     )
+    for key in ("image_every_steps", "image_samples"):
+        _require(c.dashboard[key] >= 0, f"dashboard.{key}", "must be >= 0")
     if m.init_from:
         _check_init_from(c)

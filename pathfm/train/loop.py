@@ -25,6 +25,7 @@ from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe
 from pathfm.train.checkpoint import Checkpointer
+from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog
 from pathfm.train.preemption import PreemptionWatch
 from pathfm.train.setup import build_setup
@@ -154,6 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         log.info("resumed from step %d", start)
     embed = jax.jit(method.embed, out_shardings=parallel.replicated(mesh))
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
+    dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         (workdir / "slides.json").write_text(
@@ -208,6 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 if record:
                     metrics_log.write(done, record)
                     last = {**last, **record}
+                dashboard.log(done, record, host_batch)
                 preempted = preemption.reached(done)
                 if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
                     nonfinite.flush()  # "stop" must stop before this step is saved
@@ -222,5 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             nonfinite.flush()
     finally:
         bar.close()
+        dashboard.close()
         checkpointer.close()  # commits saves in flight: the last good one before a stop
     return last
