@@ -40,6 +40,9 @@ setup(
             "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set
             "array-record>=0.8",
             "tensorboard>=2.16",  # the dashboard tests read the event files back with its reader
+            "nbclient>=0.10",  # tests/test_notebook.py executes the tour notebook
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
             *EXPORT,  # the timm parity tests run against real timm models
         ],
         "export": EXPORT,
