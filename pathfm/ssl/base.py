@@ -91,7 +91,8 @@ def with_ema_backbone(params: Params, extra: Params, backbone: Params) -> tuple[
 def backbone_config(model, drop_path_rate: float) -> ViTConfig:
     """The ViTConfig of `config.model` (a size name plus optional explicit dimensions)."""
     overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
-    for key in ("layer_scale_init", "num_registers", "no_embed_class", "ffn", "drop_path_uniform"):
+    optional = ("layer_scale_init", "num_registers", "no_embed_class", "ffn", "drop_path_uniform")
+    for key in (*optional, "attention", "remat"):
         if key in model:
             overrides[key] = model[key]
     return vit_config(
@@ -113,9 +114,24 @@ def normalize_images(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Arr
 
 
 def crop_major(crops: jax.Array) -> jax.Array:
-    """[B, V, H, W, C] per-sample crops -> [V*B, H, W, C] in crop-major order."""
+    """[B, V, H, W, C] per-sample crops -> [V*B, H, W, C] in crop-major order.
+
+    Not for batch-sharded arrays under jit: the batch becomes the minor part of the merged axis,
+    a layout no sharding describes, so XLA gathers the whole batch onto every device (and every
+    device then computes all of it). Use `sample_major` and `view_major` there."""
     batch, views = crops.shape[:2]
     return jnp.swapaxes(crops, 0, 1).reshape(views * batch, *crops.shape[2:])
+
+
+def sample_major(crops: jax.Array) -> jax.Array:
+    """[B, V, ...] -> [B*V, ...] (the V crops of sample 0 first): the batch stays the major
+    part of the merged axis, so a batch-sharded array stays where it is."""
+    return crops.reshape(crops.shape[0] * crops.shape[1], *crops.shape[2:])
+
+
+def view_major(x: jax.Array, views: int) -> jax.Array:
+    """[B*V, ...] in `sample_major` order -> [V, B, ...], batch-sharded as the input was."""
+    return jnp.swapaxes(x.reshape(-1, views, *x.shape[1:]), 0, 1)
 
 
 def ema(teacher: Params, student: Params, momentum: jax.Array) -> Params:

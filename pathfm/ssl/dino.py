@@ -20,10 +20,11 @@ from pathfm.ssl.base import (
     Params,
     backbone_config,
     check_backbone,
-    crop_major,
     ema,
     ema_backbone,
     normalize_images,
+    sample_major,
+    view_major,
     with_ema_backbone,
 )
 from pathfm.ssl.dino_loss import dino_loss, update_center
@@ -105,19 +106,20 @@ class Dino:
             views, local_views = photometric_multicrop(
                 views, local_views, jax.random.fold_in(rng, 2), self.photometric
             )
-        global_crops = crop_major(views)  # [2B, G, G, 3]
-        local_crops = crop_major(local_views)  # [nB, L, L, 3]
+        # Sample-major through the backbone, view-major [V, B, ...] after it: never merge views
+        # into the batch-sharded axis (see `crop_major`), so each device computes its own shard.
+        global_crops = sample_major(views)  # [B*2, G, G, 3]
+        local_crops = sample_major(local_views)  # [B*n, L, L, 3]
         teacher_cls = self._forward(self.teacher, extra["teacher"], global_crops)
         teacher_out = jax.lax.stop_gradient(
-            self.head.apply({"params": extra["teacher"]["head"]}, teacher_cls)
+            self.head.apply({"params": extra["teacher"]["head"]}, view_major(teacher_cls, 2))
+        )  # [2, B, K]
+        student = lambda crops, i: self._forward(
+            self.student, params, crops, jax.random.fold_in(rng, i)
         )
-        student_cls = [
-            self._forward(self.student, params, global_crops, jax.random.fold_in(rng, 0))
-        ]
+        student_cls = [view_major(student(global_crops, 0), 2)]
         if local_crops.shape[0]:
-            student_cls.append(
-                self._forward(self.student, params, local_crops, jax.random.fold_in(rng, 1))
-            )
+            student_cls.append(view_major(student(local_crops, 1), local_views.shape[1]))
         student_out = self.head.apply({"params": params["head"]}, jnp.concatenate(student_cls))
         temp = self.teacher_temp(step)
         loss = dino_loss(student_out, teacher_out, extra["center"], temp, d.student_temp)

@@ -22,16 +22,19 @@ def dino_loss(
 ) -> jax.Array:
     """Cross-entropy between centred, sharpened teacher probs and student log-probs.
 
-    student_logits: [n_crops * B, K]; teacher_logits: [n_global * B, K] (global crops only);
-    center: [1, K]. Sums over pairs (teacher view i, student view v != i) of the batch mean of
-    -sum_k q log p, divided by the number of pairs (2 * n_crops - 2 with two global crops).
+    student_logits: [n_crops * B, K] or [n_crops, B, K]; teacher_logits: [n_global * B, K] or
+    [n_global, B, K] (global crops only); center: [1, K]. Sums over pairs (teacher view i,
+    student view v != i) of the batch mean of -sum_k q log p, divided by the number of pairs
+    (2 * n_crops - 2 with two global crops). Pass batch-sharded logits as [V, B, K]: merging
+    the views into a batch-sharded axis would gather them onto every device.
     """
-    n_crops = student_logits.shape[0] // (teacher_logits.shape[0] // n_global)
+    k = student_logits.shape[-1]
+    teacher_logits = teacher_logits.reshape(n_global, -1, k)  # [T, B, K]
+    student_logits = student_logits.reshape(-1, teacher_logits.shape[1], k)  # [V, B, K]
+    n_crops = student_logits.shape[0]
     student_logp = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
-    student_logp = student_logp.reshape(n_crops, -1, student_logits.shape[-1])  # [V, B, K]
     teacher = (teacher_logits.astype(jnp.float32) - center) / teacher_temp
     teacher_probs = jax.lax.stop_gradient(jax.nn.softmax(teacher, axis=-1))
-    teacher_probs = teacher_probs.reshape(n_global, -1, teacher_logits.shape[-1])  # [T, B, K]
 
     # cross[i, v] = mean_b(-sum_k q_i log p_v): every teacher view against every student view.
     cross = -jnp.einsum("tbk,vbk->tv", teacher_probs, student_logp) / student_logp.shape[1]
@@ -41,6 +44,8 @@ def dino_loss(
 
 
 def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float = 0.9) -> jax.Array:
-    """EMA of the center [1, K] towards the batch mean of the raw teacher logits [n_global*B, K]."""
-    batch_center = jnp.mean(teacher_logits.astype(jnp.float32), axis=0, keepdims=True)
+    """EMA of the center [1, K] towards the batch mean of the raw teacher logits [n_global*B, K]
+    (or [n_global, B, K])."""
+    axes = tuple(range(teacher_logits.ndim - 1))
+    batch_center = jnp.mean(teacher_logits.astype(jnp.float32), axis=axes).reshape(1, -1)
     return center * momentum + batch_center * (1.0 - momentum)

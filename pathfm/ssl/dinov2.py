@@ -21,10 +21,11 @@ from pathfm.ssl.base import (
     Params,
     backbone_config,
     check_backbone,
-    crop_major,
     ema,
     ema_backbone,
     normalize_images,
+    sample_major,
+    view_major,
     with_ema_backbone,
 )
 from pathfm.ssl.dino import build_head
@@ -110,11 +111,14 @@ class DinoV2:
 
     def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
         d, v = self.config.dino, self.config.dinov2
-        global_crops = crop_major(batch["global_crops"])  # [2B, G, G, 3]
-        local_crops = crop_major(batch["local_crops"])  # [nB, L, L, 3]
-        masks = crop_major(batch["masks"])  # [2B, N]
+        # Sample-major through the backbone ([B*2] rows, the two crops of a sample together),
+        # view-major [V, B, ...] where views pair up: never merge views into the batch-sharded
+        # axis (see `crop_major`), so each device computes its own shard. The row-wise terms
+        # (targets, iBOT, centers) do not depend on the row order.
+        global_crops = sample_major(batch["global_crops"])  # [B*2, G, G, 3]
+        local_crops = sample_major(batch["local_crops"])  # [B*n, L, L, 3]
+        masks = sample_major(batch["masks"])  # [B*2, N]
         n_global = 2
-        b = global_crops.shape[0] // n_global
 
         teacher = jax.lax.stop_gradient(extra["teacher"])
         t_cls, t_aux = self._backbone(self.teacher, teacher, global_crops)
@@ -122,23 +126,26 @@ class DinoV2:
         temp = self.teacher_temp(step)
         q_cls, q_patch = self._targets(extra, t_cls_logits, t_patch_logits, masks, temp)
         q_cls, q_patch = jax.lax.stop_gradient(q_cls), jax.lax.stop_gradient(q_patch)
+        q_views = view_major(q_cls, n_global)  # [2, B, K]
 
         s_cls, s_aux = self._backbone(
             self.student, params, global_crops, jax.random.fold_in(rng, 0), masks
         )
         s_cls_logits, s_patch_logits = self._heads(params, s_cls, s_aux["patch_tokens"])
-        swapped = jnp.concatenate([q_cls[b:], q_cls[:b]])  # each student view meets the other
-        dino = 2.0 * dino_cross_entropy_sum(s_cls_logits[None], swapped[None], d.student_temp)
-        n_local = local_crops.shape[0] // b
+        s_views = view_major(s_cls_logits, n_global)  # [2, B, K]
+        # Each student view meets the other teacher view: (s1, t2) + (s2, t1), batch means.
+        dino = sum(
+            dino_cross_entropy_sum(s_views[i][None], q_views[1 - i][None], d.student_temp)
+            for i in range(n_global)
+        )
+        n_local = batch["local_crops"].shape[1]
         if n_local:
             l_cls, _ = self._backbone(self.student, params, local_crops, jax.random.fold_in(rng, 1))
             l_logits = self.head.apply({"params": params["dino_head"]}, l_cls)
-            dino += dino_cross_entropy_sum(
-                l_logits.reshape(n_local, b, -1), q_cls.reshape(n_global, b, -1), d.student_temp
-            )
+            dino += dino_cross_entropy_sum(view_major(l_logits, n_local), q_views, d.student_temp)
         dino = dino / (n_global + n_global * n_local)
         ibot = ibot_loss_dense(s_patch_logits, q_patch, masks, d.student_temp)
-        koleo = sum(per_device_koleo(c, self.koleo_groups) for c in jnp.split(s_cls, n_global))
+        koleo = sum(per_device_koleo(c, self.koleo_groups) for c in view_major(s_cls, n_global))
         loss = v.dino_weight * dino + v.koleo_weight * koleo + v.ibot_weight * ibot
         metrics = {
             "dino_loss": dino,

@@ -59,3 +59,17 @@ def test_no_gradient_flows_into_the_teacher():
     t = jax.random.normal(jax.random.key(1), (4, 16))
     grad_t = jax.grad(lambda t: dino_loss(s, t, jnp.zeros((1, 16)), 0.04))(t)
     np.testing.assert_array_equal(np.asarray(grad_t), 0.0)
+
+
+def test_view_major_inputs_give_the_same_loss_and_center():
+    # [V, B, K] (how the method passes batch-sharded logits) equals the crop-major [V*B, K].
+    g = golden("dino_loss.npz")
+    s, t = (jnp.asarray(g[k], jnp.float32) for k in ("student_output", "teacher_output"))
+    c, temps = jnp.asarray(g["center"], jnp.float32), (float(g["teacher_temp"]), 0.1)
+    b = t.shape[0] // 2
+    flat = dino_loss(s, t, c, *temps)
+    views = dino_loss(s.reshape(-1, b, s.shape[-1]), t.reshape(2, b, -1), c, *temps)
+    np.testing.assert_allclose(float(views), float(flat), rtol=1e-6)
+    np.testing.assert_allclose(
+        update_center(c, t.reshape(2, b, -1)), update_center(c, t), rtol=1e-6, atol=1e-8
+    )

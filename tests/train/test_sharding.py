@@ -119,3 +119,34 @@ def test_compiled_state_memory_falls_as_one_over_fsdp(results):
     rng_bytes = setup.step_rng.nbytes if hasattr(setup.step_rng, "nbytes") else 8
     measured = step.memory_analysis().argument_size_in_bytes - batch_bytes - rng_bytes
     assert measured == pytest.approx(state_bytes[4], rel=0.03)  # + buffer alignment
+
+
+@pytest.mark.parametrize("method_name", ["dino", "dinov2"])
+def test_multicrop_losses_compute_only_their_batch_shard(method_name):
+    """Views are never merged into the batch-sharded axis with the batch minor (crop-major
+    order), which no sharding describes: XLA would gather every crop onto every device and each
+    device would compute the whole global batch. Per-device FLOPs of the loss and its gradient
+    on 8 devices are ~1/8 of one device's, with no all-gather."""
+    from pathfm.config import dinov2_defaults
+    from pathfm.data.pipeline import AddBlockMasks
+    from pathfm.ssl.registry import build_method
+
+    config = tiny_dino_config(batch_size=16)
+    if method_name == "dinov2":
+        config = dinov2_defaults(config)
+        config.dino.warmup_teacher_temp_epochs = 1
+    method = build_method(config)
+    params, extra = jax.eval_shape(method.init, jax.random.key(0))
+    batch = {**random_dino_batch(config), "index": np.zeros(16, np.int64)}
+    batch = AddBlockMasks((4, 4), 0.5, (0.1, 0.5), 0)(batch)
+    batch = {k: batch[k] for k in method.batch_keys}
+    grad = jax.jit(jax.grad(lambda p, e, b: method.loss(p, e, b, jax.random.key(1), 0)[0]))
+
+    def compiled(devices):
+        mesh = _mesh(devices, 1)
+        return grad.lower(params, extra, parallel.shard_batch(batch, mesh)).compile()
+
+    one, eight = compiled(1), compiled(8)
+    flops = lambda c: c.cost_analysis()["flops"]
+    assert flops(eight) < 0.2 * flops(one)
+    assert "all-gather" not in eight.as_text()
