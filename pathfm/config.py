@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.no_embed_class = False  # True: no position embedding on CLS/registers (timm DINOv2)
     c.model.ffn = "mlp"  # or "swiglu" (DINOv2 ViT-g)
     c.model.drop_path_uniform = False  # True: every block drops at drop_path_rate (DINOv2)
+    c.model.attention = "explicit"  # or "dot_product" (XLA picks the kernel), "cudnn" (GPU, bf16)
+    c.model.remat = "none"  # or "block" / "block_dots": recompute blocks in the backward pass
     c.model.init_from = ""  # timm/PyTorch ViT weights (.safetensors/.pth) for the backbone
     c.model.init_prefix = ""  # their keys' prefix in the file, e.g. "teacher.backbone."; "" = auto
 
@@ -289,6 +291,24 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
     check_init_from(path, config.model.init_prefix, backbone.config, backbone.params)
 
 
+def _check_speed_options(m: ml_collections.ConfigDict) -> None:
+    """model.attention and model.remat name known kernels; cuDNN attention needs an NVIDIA GPU
+    and bfloat16 (its fused kernel has no float32 path)."""
+    import jax
+
+    from pathfm.models.vit import ATTENTION_TYPES, REMAT_TYPES
+
+    _require(m.attention in ATTENTION_TYPES, "model.attention", f"use one of {ATTENTION_TYPES}")
+    _require(m.remat in REMAT_TYPES, "model.remat", f"use one of {REMAT_TYPES}")
+    if m.attention == "cudnn":
+        _require(
+            jax.default_backend() == "gpu" and m.dtype == "bfloat16",
+            "model.attention",
+            f"'cudnn' needs an NVIDIA GPU and model.dtype='bfloat16' (backend "
+            f"{jax.default_backend()}, dtype {m.dtype}); use 'dot_product' to let XLA choose",
+        )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raises ConfigError naming the first invalid value; checks everything before any work."""
     from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
@@ -368,6 +388,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         "use 'linear256' or 'sqrt1024'",
     )
     _require(m.ffn in ("mlp", "swiglu"), "model.ffn", "use 'mlp' or 'swiglu'")
+    _check_speed_options(m)
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
     from pathfm.evaluation.datasets import DATASETS

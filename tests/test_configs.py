@@ -44,6 +44,9 @@ def test_dino_vits16_is_the_reference_vit_small():
         ("crops.local_size", 20, "config.crops.local_size"),
         ("data.mpp_weights", (1.0, 2.0), "config.data.mpp_weights"),
         ("optim.warmup_epochs", 99, "config.optim.warmup_epochs"),
+        ("model.attention", "flash", "config.model.attention"),
+        ("model.attention", "cudnn", "config.model.attention"),  # CPU here, float32
+        ("model.remat", "everything", "config.model.remat"),
     ],
 )
 def test_invalid_values_name_the_key(key, value, name):

@@ -21,7 +21,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from pathfm.models.sincos import sincos_2d_pos_embed
-from pathfm.models.vit import LN_EPS, Block, PatchEmbed, ViTConfig, apply_blocks
+from pathfm.models.vit import LN_EPS, PatchEmbed, ViTConfig, apply_blocks, block_class
 from pathfm.ssl.mae_ops import random_masking, unshuffle
 
 xavier_uniform = nn.initializers.xavier_uniform()
@@ -105,6 +105,8 @@ class MAEDecoder(nn.Module):
     channels: int = 3
     qkv_bias: bool = True
     dtype: str = "float32"
+    attention: str = "explicit"  # kernel and rematerialisation as the encoder's (ViTConfig)
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -124,16 +126,18 @@ class MAEDecoder(nn.Module):
         fill = jnp.broadcast_to(mask_token, (batch, length + 1 - x.shape[1], dim))
         x = jnp.concatenate([x[:, :1], unshuffle(x[:, 1:], fill, ids_restore)], axis=1)
         x = x + _fixed_pos_embed(dim, grid)
+        block = block_class(self.remat)
         for i in range(self.depth):
-            x = Block(
+            x = block(
                 dim,
                 self.num_heads,
                 self.mlp_ratio,
                 self.qkv_bias,
                 0.0,
                 dtype,
+                attention=self.attention,
                 name=f"decoder_blocks_{i}",
-            )(x, deterministic=not train)
+            )(x, not train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="decoder_norm")(x)
         pred = dense(self.patch_size**2 * self.channels, "decoder_pred")(x.astype(dtype))
         return pred[:, 1:].astype(jnp.float32)
@@ -175,6 +179,8 @@ class MAE(nn.Module):
             images.shape[-1],
             cfg.qkv_bias,
             cfg.dtype,
+            cfg.attention,
+            cfg.remat,
             name="decoder",
         )(latent, ids_restore, grid, train=train)
         return pred, mask

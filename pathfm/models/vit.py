@@ -39,6 +39,13 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 }
 SIZE_ALIASES = {"T": "tiny", "S": "small", "B": "base", "L": "large", "g": "giant"}
 FFN_TYPES = ("mlp", "swiglu")
+# "explicit": einsum-softmax-einsum written out here; "dot_product": `jax.nn.dot_product_attention`
+# with the backend's choice of kernel; "cudnn": its fused cuDNN kernel (NVIDIA GPUs, bf16 only).
+ATTENTION_TYPES = ("explicit", "dot_product", "cudnn")
+# Rematerialisation of each transformer block in the backward pass: "block" saves only the
+# block's input and recomputes everything else; "block_dots" also saves the outputs of its
+# weight matmuls (qkv, proj, fc1, fc2) and recomputes attention, norms and activations.
+REMAT_TYPES = ("none", "block", "block_dots")
 
 trunc_normal_02 = nn.initializers.truncated_normal(stddev=0.02)
 LN_EPS = 1e-6
@@ -66,10 +73,16 @@ class ViTConfig:
     mlp_hidden: int = 0  # FFN inner width; 0: int(D*mlp_ratio), for swiglu DINOv2's 2/3 rule of it
     use_mask_token: bool = False  # create the iBOT `mask_token` [1, D] so `masks=` can be passed
     drop_path_uniform: bool = False  # True: every block drops at drop_path_rate (DINOv2 default)
+    attention: str = "explicit"  # one of ATTENTION_TYPES; the same numerics up to rounding
+    remat: str = "none"  # one of REMAT_TYPES; the same numerics, less activation memory
 
     def __post_init__(self) -> None:
         if self.ffn not in FFN_TYPES:
             raise ValueError(f"unknown ffn {self.ffn!r}; use one of {FFN_TYPES}")
+        if self.attention not in ATTENTION_TYPES:
+            raise ValueError(f"unknown attention {self.attention!r}; use one of {ATTENTION_TYPES}")
+        if self.remat not in REMAT_TYPES:
+            raise ValueError(f"unknown remat {self.remat!r}; use one of {REMAT_TYPES}")
         if self.num_registers < 0 or self.layer_scale_init < 0 or self.mlp_hidden < 0:
             raise ValueError("num_registers, layer_scale_init and mlp_hidden must be >= 0")
 
@@ -155,12 +168,15 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection; softmax in float32."""
+    """Multi-head self-attention with a fused qkv projection; softmax in float32.
+
+    `implementation` (ATTENTION_TYPES) picks the kernel, not the parameters or the maths."""
 
     dim: int
     num_heads: int
     qkv_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    implementation: str = "explicit"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, N, D]
@@ -172,10 +188,14 @@ class Attention(nn.Module):
         qkv = dense(3 * self.dim, "qkv", self.qkv_bias)(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, self.dim)
-        return dense(self.dim, "proj")(out)
+        if self.implementation == "explicit":
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        else:  # logits in float32, softmax in float32, scale head_dim**-0.5: the same maths
+            kernel = "cudnn" if self.implementation == "cudnn" else None
+            out = jax.nn.dot_product_attention(q, k, v, implementation=kernel).astype(self.dtype)
+        return dense(self.dim, "proj")(out.reshape(batch, tokens, self.dim))
 
 
 class Mlp(nn.Module):
@@ -227,6 +247,7 @@ class Block(nn.Module):
     layer_scale_init: float = 0.0
     ffn: str = "mlp"
     mlp_hidden: int = 0
+    attention: str = "explicit"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:  # [B, N, D]
@@ -237,9 +258,10 @@ class Block(nn.Module):
             else y
         )
         drop = DropPath(self.drop_path)
-        y = Attention(self.dim, self.num_heads, self.qkv_bias, self.dtype, name="attn")(
-            norm("norm1")(x).astype(self.dtype)
+        attn = Attention(
+            self.dim, self.num_heads, self.qkv_bias, self.dtype, self.attention, name="attn"
         )
+        y = attn(norm("norm1")(x).astype(self.dtype))
         x = x + drop(scale(y.astype(x.dtype), "ls1"), deterministic)
         if self.ffn not in FFN_TYPES:
             raise ValueError(f"unknown ffn {self.ffn!r}; use one of {FFN_TYPES}")
@@ -247,6 +269,22 @@ class Block(nn.Module):
         ffn_cls = SwiGLUPacked if self.ffn == "swiglu" else Mlp
         y = ffn_cls(hidden, self.dim, self.dtype, name="mlp")(norm("norm2")(x).astype(self.dtype))
         return x + drop(scale(y.astype(x.dtype), "ls2"), deterministic)
+
+
+def block_class(remat: str = "none") -> type[Block]:
+    """`Block`, or `Block` rematerialised in the backward pass as `remat` (REMAT_TYPES) says.
+
+    The lifted transform keeps the module's name, so the parameter tree is the same; call the
+    block with `deterministic` positional (it is a static argument of the checkpoint)."""
+    if remat == "none":
+        return Block
+    if remat not in REMAT_TYPES:
+        raise ValueError(f"unknown remat {remat!r}; use one of {REMAT_TYPES}")
+    policy = {
+        "block": jax.checkpoint_policies.nothing_saveable,
+        "block_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[remat]
+    return nn.remat(Block, static_argnums=(2,), policy=policy, prevent_cse=True)
 
 
 def apply_blocks(x: jax.Array, cfg: ViTConfig, train: bool) -> jax.Array:
@@ -259,8 +297,9 @@ def apply_blocks(x: jax.Array, cfg: ViTConfig, train: bool) -> jax.Array:
     else:
         rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)
     dtype = jnp.dtype(cfg.dtype)
+    block = block_class(cfg.remat)
     for i in range(cfg.depth):
-        x = Block(
+        x = block(
             cfg.embed_dim,
             cfg.num_heads,
             cfg.mlp_ratio,
@@ -270,8 +309,9 @@ def apply_blocks(x: jax.Array, cfg: ViTConfig, train: bool) -> jax.Array:
             cfg.layer_scale_init,
             cfg.ffn,
             cfg.mlp_hidden,
+            cfg.attention,
             name=f"blocks_{i}",
-        )(x, deterministic=not train)
+        )(x, not train)
     return x
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,3 +113,25 @@ def test_parameter_count_of_mae_vit_base():
     shapes = jax.eval_shape(lambda k: model.init(k, x, k, 0.75), jax.random.key(0))
     count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
     assert count == 111_907_840 - 197 * 768 - 197 * 512
+
+
+@pytest.mark.parametrize("speed", [dict(attention="dot_product"), dict(remat="block")])
+def test_speed_options_keep_loss_and_gradients(params, speed):
+    # Encoder on the visible tokens only, decoder on all of them: both honour the options.
+    x, key = _images(batch=3), jax.random.key(5)
+
+    def grad_fn(cfg):
+        model = MAE(cfg, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+        def loss_fn(p):
+            pred, mask = model.apply({"params": p}, x, key, 0.75)
+            return mae_loss(x, pred, mask, P, norm_pix_loss=True)
+
+        return jax.jit(jax.value_and_grad(loss_fn))(params)
+
+    loss, grads = grad_fn(CFG)
+    loss_s, grads_s = grad_fn(dataclasses.replace(CFG, **speed))
+    np.testing.assert_allclose(loss_s, loss, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_s, grads
+    )

@@ -344,3 +344,82 @@ def test_drop_path_uniform_gives_every_block_the_full_rate():
 
     np.testing.assert_allclose(rates(), [0.0, 0.2, 0.4])
     np.testing.assert_allclose(rates(drop_path_uniform=True), [0.4, 0.4, 0.4])
+
+
+# --- Speed options: attention kernel and rematerialisation change speed, never the maths ---
+
+
+def _dinov2_like(**kw):
+    return vit_config(
+        "T", 8, img_size=16, depth=2, embed_dim=16, num_heads=2, num_registers=2,
+        no_embed_class=True, layer_scale_init=0.5, use_mask_token=True, drop_path_rate=0.3, **kw,
+    )  # fmt: skip
+
+
+def _loss_and_grads(cfg, params, x, masks):
+    """Mean of CLS and patch tokens in training mode (drop-path on, fixed key) and its gradient."""
+
+    def loss(p):
+        cls, aux = VisionTransformer(cfg).apply(
+            {"params": p}, x, train=True, masks=masks, rngs={"dropout": jax.random.key(2)}
+        )
+        return jnp.mean(cls**2) + jnp.mean(aux["patch_tokens"] * aux["register_tokens"][:, :1])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_dot_product_attention_equals_the_explicit_one():
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    masks = jnp.array([[True, False, False, True], [False] * 4, [True] * 4])
+    params = _random_params(_dinov2_like(), 16)
+    cls, aux = _jit_apply(VisionTransformer(_dinov2_like()))(params, x, masks)
+    fused = VisionTransformer(_dinov2_like(attention="dot_product"))
+    assert jax.tree.structure(_shapes(fused.config, 16)) == jax.tree.structure(params)
+    cls_f, aux_f = _jit_apply(fused)(params, x, masks)
+    np.testing.assert_allclose(cls_f, cls, rtol=1e-5, atol=1e-5)
+    for key in ("patch_tokens", "register_tokens"):
+        np.testing.assert_allclose(aux_f[key], aux[key], rtol=1e-5, atol=1e-5)
+    loss, grads = _loss_and_grads(_dinov2_like(), params, x, masks)
+    loss_f, grads_f = _loss_and_grads(fused.config, params, x, masks)
+    np.testing.assert_allclose(loss_f, loss, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_f, grads
+    )
+
+
+def test_dot_product_attention_in_bfloat16():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    params = _random_params(_dinov2_like(), 16, scale=0.1)
+    ref, _ = _jit_apply(VisionTransformer(_dinov2_like()))(params, x)
+    explicit, _ = _jit_apply(VisionTransformer(_dinov2_like(dtype="bfloat16")))(params, x)
+    bf16 = VisionTransformer(_dinov2_like(dtype="bfloat16", attention="dot_product"))
+    cls, aux = _jit_apply(bf16)(params, x)
+    assert cls.dtype == aux["patch_tokens"].dtype == jnp.float32
+    np.testing.assert_allclose(cls, explicit, atol=0.05)
+    np.testing.assert_allclose(cls, ref, atol=0.05)
+    with pytest.raises(ValueError, match="attention"):
+        vit_config("T", 8, attention="flash")
+
+
+def _grad_jaxpr(cfg, params, x) -> str:
+    loss = lambda p: VisionTransformer(cfg).apply({"params": p}, x)[0].sum()
+    return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+
+@pytest.mark.parametrize("remat", ["block", "block_dots"])
+def test_remat_gives_the_same_loss_and_gradients(remat):
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    masks = jnp.array([[True, False, False, True], [False] * 4, [True] * 4])
+    params = _random_params(_dinov2_like(), 16)
+    remat_cfg = _dinov2_like(remat=remat)
+    assert jax.tree.structure(_shapes(remat_cfg, 16)) == jax.tree.structure(params)
+    loss, grads = _loss_and_grads(_dinov2_like(), params, x, masks)
+    loss_r, grads_r = _loss_and_grads(remat_cfg, params, x, masks)
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads
+    )
+    assert "remat" in _grad_jaxpr(remat_cfg, params, x)  # the blocks really are recomputed
+    assert "remat" not in _grad_jaxpr(_dinov2_like(), params, x)
+    with pytest.raises(ValueError, match="remat"):
+        vit_config("T", 8, remat="all")

@@ -96,3 +96,17 @@ def test_bfloat16_matmuls_keep_float32_state_and_loss(config, single):
     assert all(x.dtype in (np.float32, np.int32) for x in leaves)
     assert metrics["loss"].dtype == np.float32
     np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=2e-2)
+
+
+def test_fused_attention_and_remat_train_the_same(config, single):
+    fast = config.copy_and_resolve_references()
+    fast.model.update(attention="dot_product", remat="block")
+    state, metrics = _run(Setup(fast, 1), fast, 2)
+    ref_state, reference = _run(single, config, 2)
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(metrics[key], reference[key], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        state["params"],
+        ref_state["params"],
+    )
