@@ -113,19 +113,11 @@ def normalize_images(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Arr
     return x.astype(dtype)
 
 
-def crop_major(crops: jax.Array) -> jax.Array:
-    """[B, V, H, W, C] per-sample crops -> [V*B, H, W, C] in crop-major order.
-
-    Not for batch-sharded arrays under jit: the batch becomes the minor part of the merged axis,
-    a layout no sharding describes, so XLA gathers the whole batch onto every device (and every
-    device then computes all of it). Use `sample_major` and `view_major` there."""
-    batch, views = crops.shape[:2]
-    return jnp.swapaxes(crops, 0, 1).reshape(views * batch, *crops.shape[2:])
-
-
 def sample_major(crops: jax.Array) -> jax.Array:
     """[B, V, ...] -> [B*V, ...] (the V crops of sample 0 first): the batch stays the major
-    part of the merged axis, so a batch-sharded array stays where it is."""
+    part of the merged axis, so a batch-sharded array stays where it is. (Crop-major [V*B, ...]
+    would make the batch the minor part, a layout no sharding describes: XLA would gather the
+    whole batch onto every device and every device would compute all of it.)"""
     return crops.reshape(crops.shape[0] * crops.shape[1], *crops.shape[2:])
 
 

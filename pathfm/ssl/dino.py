@@ -107,7 +107,7 @@ class Dino:
                 views, local_views, jax.random.fold_in(rng, 2), self.photometric
             )
         # Sample-major through the backbone, view-major [V, B, ...] after it: never merge views
-        # into the batch-sharded axis (see `crop_major`), so each device computes its own shard.
+        # into the batch-sharded axis (see `sample_major`), so each device computes its own shard.
         global_crops = sample_major(views)  # [B*2, G, G, 3]
         local_crops = sample_major(local_views)  # [B*n, L, L, 3]
         teacher_cls = self._forward(self.teacher, extra["teacher"], global_crops)

@@ -113,7 +113,7 @@ class DinoV2:
         d, v = self.config.dino, self.config.dinov2
         # Sample-major through the backbone ([B*2] rows, the two crops of a sample together),
         # view-major [V, B, ...] where views pair up: never merge views into the batch-sharded
-        # axis (see `crop_major`), so each device computes its own shard. The row-wise terms
+        # axis (see `sample_major`), so each device computes its own shard. The row-wise terms
         # (targets, iBOT, centers) do not depend on the row order.
         global_crops = sample_major(batch["global_crops"])  # [B*2, G, G, 3]
         local_crops = sample_major(batch["local_crops"])  # [B*n, L, L, 3]
