@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import ml_collections
@@ -86,7 +87,8 @@ def _labels(config, manifest: Path) -> tuple[dict[str, str], tuple[str, ...]]:
     """({absolute slide path: label}, classes) from the manifest."""
     records = slides_lib.find_slides(str(manifest))
     labels = slides_lib.manifest_column(str(manifest), config.label_column)
-    by_path = {str(Path(r.path).resolve()): label for r, label in zip(records, labels, strict=True)}
+    # os.path.abspath, not resolve(): the keys must be the paths extract_slide_features stores
+    by_path = {os.path.abspath(r.path): label for r, label in zip(records, labels, strict=True)}
     classes = tuple(config.classes) or tuple(sorted(set(labels)))
     unknown = sorted(set(labels) - set(classes))
     if unknown:

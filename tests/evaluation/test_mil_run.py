@@ -45,6 +45,11 @@ def test_manifest_labels_follow_the_slide_order_and_class_list(tmp_path):
     assert by_path == {
         str(tmp_path / n): lab for n, lab in (("b.svs", "pos"), ("a.svs", "neg"), ("c.svs", "pos"))
     }
+    linked = tmp_path.parent / f"{tmp_path.name}-link"  # keys stay unresolved, as stored
+    linked.symlink_to(tmp_path)
+    assert set(_labels(config, linked / "labels.csv")[0]) == {
+        str(linked / n) for n in ("a.svs", "b.svs", "c.svs")
+    }
     config.classes = ("pos", "neg")  # the second class is the AUC's positive one
     assert _labels(config, file)[1] == ("pos", "neg")
     config.classes = ("pos", "other")
