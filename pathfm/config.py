@@ -7,6 +7,8 @@ a notion the reference lacks, it is named here (`steps_per_epoch`: a pseudo-epoc
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from pathfm.errors import ConfigError
@@ -137,6 +139,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.patch_budget = 0  # > 0: train on this many distinct patch locations (kaiko ablation)
     c.data.on_bad_slide = "skip"  # or "error"
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    c.data.read_threads = 4  # threads per process assembling batches
+    c.data.prefetch_batches = 2  # batches read ahead per process (bounds host memory)
+    c.data.root = ""  # folder relative slide paths are resolved against (and stored under)
+    c.data.index_dir = ""  # prepared slide index (docs/data.md); "" = <workdir>/slide_index
+    c.data.prepare_workers = 0  # processes preparing the index; 0 = one per local core
     c.data.mean = IMAGENET_MEAN
     c.data.std = IMAGENET_STD
 
@@ -309,6 +316,42 @@ def _check_speed_options(m: ml_collections.ConfigDict) -> None:
         )
 
 
+def validate_data(c: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first invalid `data.*` value (training and preparation)."""
+    d = c.data
+    _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
+    _require(
+        not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
+        "data.mpp_weights",
+        "must be empty or have one weight per entry of data.mpps",
+    )
+    _require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
+    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
+    _require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+    _require(
+        d.slide_weighting in ("uniform", "tissue_area"),
+        "data.slide_weighting",
+        "use 'uniform' or 'tissue_area'",
+    )
+    _require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
+    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
+    _require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
+    _require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
+    _require(d.prefetch_batches >= 1, "data.prefetch_batches", "must be >= 1")
+    _require(
+        not d.root or os.path.isdir(os.path.expanduser(d.root)),
+        "data.root",
+        f"{d.root!r} is not a directory; point it at the folder the slide paths are relative to",
+    )
+    from pathfm.data.tissue import TissueConfig
+
+    try:
+        TissueConfig.from_mapping(d)
+    except ConfigError as e:
+        raise ConfigError(f"config.data: {e}") from None
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raises ConfigError naming the first invalid value; checks everything before any work."""
     from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
@@ -347,24 +390,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         _require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
     _require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
     _require(0.0 <= cr.hed_p <= 1.0, "crops.hed_p", "must be in [0, 1]")
-    d = c.data
-    _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
-    _require(
-        not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
-        "data.mpp_weights",
-        "must be empty or have one weight per entry of data.mpps",
-    )
-    _require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
-    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
-    _require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
-    _require(
-        d.slide_weighting in ("uniform", "tissue_area"),
-        "data.slide_weighting",
-        "use 'uniform' or 'tissue_area'",
-    )
-    _require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
-    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
+    validate_data(c)
     o = c.optim
     _require(o.lr > 0 and o.min_lr >= 0, "optim.lr", "lr must be > 0 and min_lr >= 0")
     _require(0 <= o.warmup_epochs <= c.epochs, "optim.warmup_epochs", "must be in [0, epochs]")

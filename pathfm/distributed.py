@@ -67,3 +67,11 @@ def initialize(
         jax.device_count(),
     )
     return True
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # the public home of this collective
+
+        multihost_utils.sync_global_devices(name)

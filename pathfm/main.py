@@ -1,7 +1,7 @@
 """Command line: `python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR`.
 
-Modes (`config.mode`): pretrain, evaluate (configs/eval/), export (configs/export.py, which writes
-to `config.output` and needs no --workdir).
+Modes (`config.mode`): pretrain, prepare (configs/prepare.py: the slide index), evaluate
+(configs/eval/), export (configs/export.py, which writes to `config.output` and needs no --workdir).
 
 Flag parsing and dispatch only. Config values are overridden with `--config.key=value`; an
 unknown key or an invalid value stops with one message and exit code 2 before anything is written.
@@ -121,11 +121,19 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(workdir, exist_ok=True)
             evaluate_mil(config, workdir)
             return 0
+        if config.mode == "prepare":
+            from pathfm.runs.prepare import prepare, validate_prepare
+
+            validate_prepare(config)
+            os.makedirs(workdir, exist_ok=True)
+            prepare(config, workdir)
+            return 0
         validate(config, num_devices=jax.device_count())
         if config.data.slides:
             from pathfm.data.slides import find_slides
 
-            find_slides(config.data.slides)  # a missing folder or file stops before any write
+            # a missing folder or file stops before any write
+            find_slides(config.data.slides, config.data.root)
         if config.mode == "pretrain":
             from pathfm.train.loop import train
 

@@ -9,6 +9,7 @@ reads only its slice `i = process_index, process_index + process_count, ...`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,13 +19,17 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from pathfm.data import index_build
 from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
-from pathfm.data.sampler import PatchSampler, SlideIndex
+from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
 from pathfm.data.slides import find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
+from pathfm.data.tissue_index import TissueIndex
 from pathfm.ssl.masking import batch_masks
+
+logger = logging.getLogger(__name__)
 
 STREAM_LENGTH = 2**62  # "endless": far more samples than any run draws
 PROBE_SEED_OFFSET = 1_000_003  # the monitor's probe set comes from its own seed stream
@@ -53,24 +58,62 @@ def tissue_config(config: ml_collections.ConfigDict) -> TissueConfig:
 
 
 def build_slide_index(
-    config: ml_collections.ConfigDict, source: str, workdir: str | Path | None = None
-) -> SlideIndex:
-    """Finds, opens and masks every slide (masks cached on disk by slide identity); bad slides
-    are skipped and recorded, and too many of them stop the run before training."""
+    config: ml_collections.ConfigDict,
+    source: str,
+    workdir: str | Path | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: index_build.Barrier = lambda name: None,
+    stop_on_bad: bool = True,
+) -> TissueIndex:
+    """The index of the slides of `source`: the prepared one in `data.index_dir` (default
+    <workdir>/slide_index), prepared first if absent; every process must call it. Without either
+    directory it is built in memory. Bad slides are skipped and recorded; too many of them stop
+    the run before training (unless `stop_on_bad` is False: preparation only reports them)."""
     d = config.data
+    records = find_slides(source, d.root)
     cache_dir = d.mask_cache_dir or (str(Path(workdir) / "mask_cache") if workdir else None)
-    return SlideIndex.build(
-        find_slides(source),
+    index_dir = d.index_dir or (str(Path(workdir) / "slide_index") if workdir else None)
+    max_mpp = max(d.mpps)  # a slide serves the mpps its pyramid reaches
+    if index_dir is None:
+        built = SlideIndex.build(
+            records,
+            tissue_config(config),
+            max_mpp_for_training=max_mpp,
+            on_bad_slide=d.on_bad_slide,
+            cache_dir=cache_dir,
+            max_bad_fraction=d.max_bad_fraction,
+        )
+        return TissueIndex.from_slide_infos(built.slides, built.rejected)
+    report = index_build.prepare_index(
+        records,
         tissue_config(config),
-        max_mpp_for_training=max(d.mpps),  # a slide serves the mpps its pyramid reaches
-        on_bad_slide=d.on_bad_slide,
-        cache_dir=cache_dir,
-        max_bad_fraction=d.max_bad_fraction,
+        index_dir,
+        root=d.root,
+        workers=d.prepare_workers,
+        process_index=process_index,
+        process_count=process_count,
+        barrier=barrier,
+        mask_cache_dir=cache_dir,
     )
+    index = TissueIndex.load(report.directory, max_mpp=max_mpp)
+    if report.owned:
+        logger.info(
+            "slide index %s: computed %d and reused %d of this process's %d slides in %.1f s",
+            report.directory, report.computed, report.reused, report.owned, report.seconds,
+        )  # fmt: skip
+    else:
+        logger.info("slide index %s: prepared earlier", report.directory)
+    if index.rejected:
+        rejected = index.rejected
+        logger.warning("Skipped %d unusable slide(s):\n%s", len(rejected), list_reasons(rejected))
+    if stop_on_bad:
+        index_build.check_usable(index, len(records), d.on_bad_slide, d.max_bad_fraction)
+    return index
 
 
 def build_sampler(
-    config: ml_collections.ConfigDict, index: SlideIndex, with_budget: bool = True
+    config: ml_collections.ConfigDict, index: TissueIndex | SlideIndex, with_budget: bool = True
 ) -> PatchSampler:
     """The patch sampler of `config.data`; `with_budget=False` ignores `data.patch_budget` (the
     monitor's probe set must not come from the training pool)."""
@@ -171,6 +214,13 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     cv2.setNumThreads(1)
 
 
+def read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
+    """Read-ahead in whole batches: `data.read_threads` threads, `data.prefetch_batches` batches
+    buffered per process (grain's default, 500 elements, is 130 GB of kaiko-size batches)."""
+    d = config.data
+    return grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch_batches)
+
+
 def build_train_iterator(
     config: ml_collections.ConfigDict,
     sampler: PatchSampler,
@@ -192,11 +242,13 @@ def build_train_iterator(
                 config.seed,
             )
         )
-    ds = ds.to_iter_dataset()
+    ds = ds.to_iter_dataset(read_options(config))
     if config.data.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags
             flags.FLAGS.mark_as_parsed()
-        options = grain.MultiprocessingOptions(num_workers=config.data.num_workers)
+        options = grain.MultiprocessingOptions(
+            num_workers=config.data.num_workers, per_worker_buffer_size=1
+        )
         ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
     return iter(ds)
 

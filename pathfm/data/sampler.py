@@ -1,4 +1,7 @@
-"""Slide index (resolution + tissue mask per slide) and a random tissue patch sampler."""
+"""Slide index (resolution + tissue mask per slide) and a random tissue patch sampler.
+
+The sampler reads a TissueIndex (columns, usually memory-mapped from a prepared directory); an
+in-memory SlideIndex of SlideInfos is converted to one."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import cv2
 import numpy as np
 import openslide
 
-from pathfm.data import mask_cache
+from pathfm.data import mask_cache, tissue_runs
 from pathfm.data import slides as slides_lib
 from pathfm.data import tissue as tissue_lib
 from pathfm.data.mask_cache import SlideInfo
+from pathfm.data.tissue_index import TissueIndex, too_coarse
 from pathfm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ def inspect_slide(
         return f"unreadable ({type(e).__name__}: {e}); check the file"
     cached = mask_cache.load(cache_dir, key, record.path)
     if cached is not None:
-        return _mpp_problem(cached.mpp, max_mpp) or cached
+        return mpp_problem(cached.mpp, max_mpp) or cached
     result = _open_and_mask(record, tissue, max_mpp)
     if isinstance(result, SlideInfo):
         mask_cache.store(cache_dir, key, result)
@@ -60,7 +64,7 @@ def _open_and_mask(
         with openslide.OpenSlide(record.path) as slide:
             mpp = record.mpp_override
             mpp = slides_lib.slide_mpp(slide.properties) if mpp is None else mpp
-            reason = _mpp_problem(mpp, max_mpp)
+            reason = mpp_problem(mpp, max_mpp)
             if reason:
                 return reason
             thumb, mask_mpp = tissue_lib.read_thumbnail(slide, mpp, tissue.mask_mpp)
@@ -77,7 +81,7 @@ def _open_and_mask(
         return f"unreadable ({type(e).__name__}: {e}); check or re-export the file"
 
 
-def _mpp_problem(mpp: float | None, max_mpp: float | None) -> str:
+def mpp_problem(mpp: float | None, max_mpp: float | None) -> str:
     """Why a level-0 resolution is unusable, or '' if it is fine."""
     lo, hi = slides_lib.MPP_RANGE
     if mpp is None:
@@ -90,12 +94,10 @@ def _mpp_problem(mpp: float | None, max_mpp: float | None) -> str:
             f"implausible resolution {mpp:.4g} um/px (plausible: {lo}-{hi}); "
             "fix the file's metadata or give its mpp in a CSV manifest"
         )
-    if max_mpp is not None and mpp > max_mpp * (1 + slides_lib.LEVEL_TOLERANCE):
-        return f"too coarse for training: {mpp:.4g} um/px at level 0 > {max_mpp:.4g} um/px"
-    return ""
+    return too_coarse(mpp, max_mpp)
 
 
-def _reasons(rejected: Sequence[tuple[str, str]]) -> str:
+def list_reasons(rejected: Sequence[tuple[str, str]]) -> str:
     """Up to _MAX_LISTED 'path: reason' lines."""
     lines = [f"  {path}: {reason}" for path, reason in rejected[:_MAX_LISTED]]
     if len(rejected) > _MAX_LISTED:
@@ -147,13 +149,13 @@ class SlideIndex:
         if not slides:
             raise DataError(
                 f"None of the {len(records)} slide(s) is usable; fix or replace them:\n"
-                + _reasons(rejected)
+                + list_reasons(rejected)
             )
         if len(rejected) > max_bad_fraction * len(records):
             raise DataError(
                 f"{len(rejected)} of {len(records)} slides are unusable, more than "
                 f"max_bad_fraction={max_bad_fraction:g} allows; fix or remove them (or raise "
-                "max_bad_fraction):\n" + _reasons(rejected)
+                "max_bad_fraction):\n" + list_reasons(rejected)
             )
         return cls(slides, rejected)
 
@@ -164,11 +166,14 @@ def tissue_fraction(info: SlideInfo, x0: float, y0: float, extent: float) -> flo
 
 
 class PatchSampler:
-    """Draws random tissue patches at random resolutions; picklable, opens slides lazily."""
+    """Draws random tissue patches at random resolutions; picklable, opens slides lazily.
+
+    Pickles as its settings plus the index, which a prepared (memory-mapped) index carries as its
+    directory: a few KB at any number of slides. Per-slide tables are rebuilt in each process."""
 
     def __init__(
         self,
-        index: SlideIndex,
+        index: SlideIndex | TissueIndex,
         patch_size: int,
         mpps: Sequence[float],
         mpp_weights: Sequence[float] | None = None,
@@ -202,29 +207,33 @@ class PatchSampler:
                 f"need slide_weighting in {SLIDE_WEIGHTINGS} and patch_budget >= 0 (0 = unlimited);"
                 f" got {slide_weighting!r} and {patch_budget}"
             )
+        if isinstance(index, SlideIndex):
+            index = TissueIndex.from_slide_infos(index.slides, index.rejected)
         self.index = index
         self.patch_size = int(patch_size)
         self.mpps = tuple(float(m) for m in mpps)
         self._weights = weights / weights.sum()
         self.min_tissue_fraction = float(min_tissue_fraction)
         self.max_tries = int(max_tries)
-        self._check_resolutions()
-        # Flat indices of tissue mask pixels per slide, so drawing a tissue pixel is O(1).
-        self._tissue = [tissue_lib.tissue_pixels(s.mask) for s in index.slides]
         self.slide_weighting = slide_weighting
-        areas = np.array(
-            [len(t) * s.mask_mpp**2 for t, s in zip(self._tissue, index.slides, strict=True)]
-        )
-        self.tissue_areas = areas  # um^2 of tissue per slide
-        probs = areas if slide_weighting == "tissue_area" else np.ones(len(areas))
-        self.slide_probs = probs / probs.sum()
-        self._cum_slides = None if slide_weighting == "uniform" else np.cumsum(self.slide_probs)
         self.patch_budget = int(patch_budget)
         self.budget_seed = int(budget_seed)
         items = min(self.patch_budget, 4096) if budget_cache_items is None else budget_cache_items
         self.budget_cache_items = max(0, int(items))
         self._handles_args = (max_open, cache_bytes)
+        self._build_tables()
         self._reset_process_state()
+
+    def _build_tables(self) -> None:
+        """Per-slide tables (O(S) floats, vectorised): slide and resolution probabilities."""
+        self._check_resolutions()
+        self.tissue_areas = self.index.tissue_areas()  # um^2 of tissue per slide
+        areas = self.tissue_areas
+        probs = areas if self.slide_weighting == "tissue_area" else np.ones(len(areas))
+        self.slide_probs = probs / probs.sum()
+        self._cum_slides = (
+            None if self.slide_weighting == "uniform" else np.cumsum(self.slide_probs)
+        )
 
     def _reset_process_state(self) -> None:
         """Empty per-process state: slide handles and the LRU of decoded pool patches."""
@@ -238,30 +247,34 @@ class PatchSampler:
         A 20x slide (0.5 um/px) asked for (0.25, 0.5, 1, 2) serves the last three, with their
         weights renormalised; a slide that serves none of them is an error."""
         limit = 1 + slides_lib.LEVEL_TOLERANCE
-        self._cum_weights, too_coarse = [], []
-        for s in self.index.slides:
-            weights = np.where(np.asarray(self.mpps) * limit >= s.level_mpps[0], self._weights, 0)
-            if weights.sum() == 0:
-                too_coarse.append(f"  {s.path}: {s.mpp:.4g} um/px")
-                weights = self._weights
-            self._cum_weights.append(np.cumsum(weights / weights.sum()))
-        if too_coarse:
+        index = self.index
+        finest = np.asarray(index.level_mpps)[np.asarray(index.level_lo)]  # [S]
+        serves = np.asarray(self.mpps)[None, :] * limit >= finest[:, None]  # [S, M]
+        weights = np.where(serves, self._weights, 0.0)
+        coarse = np.flatnonzero(weights.sum(axis=1) == 0)
+        if len(coarse):
+            listed = [f"  {index.path(i)}: {index.mpp[i]:.4g} um/px" for i in coarse[:_MAX_LISTED]]
             raise DataError(
-                f"{len(too_coarse)} slide(s) are coarser than every requested mpp "
+                f"{len(coarse)} slide(s) are coarser than every requested mpp "
                 f"{self.mpps}:\n"
-                + "\n".join(too_coarse[:_MAX_LISTED])
+                + "\n".join(listed)
                 + f"\nAdd a coarser mpp or build the index with max_mpp_for_training="
                 f"{max(self.mpps)}."
             )
+        self._cum_weights = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+
+    _PROCESS_STATE = ("_handles", "_patches", "_lock")
+    _TABLES = ("_cum_weights", "tissue_areas", "slide_probs", "_cum_slides")
 
     def __getstate__(self) -> dict:
-        """Pickle without per-process state (handles, patch LRU, lock)."""
-        skip = ("_handles", "_patches", "_lock")
+        """Pickle settings and the index only: no handles, patch LRU, lock or per-slide tables."""
+        skip = self._PROCESS_STATE + self._TABLES
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict) -> None:
-        """Restore the settings and start with empty per-process state."""
+        """Restore the settings, rebuild the per-slide tables, start with empty process state."""
         self.__dict__.update(state)
+        self._build_tables()
         self._reset_process_state()
 
     @property
@@ -272,22 +285,31 @@ class PatchSampler:
         return self._handles
 
     def _draw(self, rng: np.random.Generator) -> tuple[int, float, tuple[float, float], float]:
-        """(slide, mpp, level-0 centre, tissue fraction) of a patch, mostly tissue if possible."""
+        """(slide, mpp, level-0 centre, tissue fraction) of a patch, mostly tissue if possible.
+
+        A uniform tissue pixel of the mask, a uniform point in it, kept once the patch around it
+        has min_tissue_fraction (max_tries candidates at most; the last one otherwise)."""
+        index = self.index
         if self._cum_slides is None:
-            slide = int(rng.integers(len(self.index.slides)))
+            slide = int(rng.integers(len(index)))
         else:
             slide = int(np.searchsorted(self._cum_slides, rng.random(), side="right"))
-            slide = min(slide, len(self.index.slides) - 1)
+            slide = min(slide, len(index) - 1)
         choice = int(np.searchsorted(self._cum_weights[slide], rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
-        info, tissue = self.index.slides[slide], self._tissue[slide]
-        mask_w = info.mask.shape[1]
-        sx, sy = info.width / mask_w, info.height / info.mask.shape[0]
-        extent = self.patch_size * mpp / info.mpp
+        start, length, cum = index.runs(slide)
+        shape = int(index.mask_h[slide]), int(index.mask_w[slide])
+        size = int(index.width[slide]), int(index.height[slide])
+        sx, sy = size[0] / shape[1], size[1] / shape[0]
+        extent = self.patch_size * mpp / float(index.mpp[slide])
         for _ in range(self.max_tries):
-            row, col = divmod(int(tissue[rng.integers(len(tissue))]), mask_w)
+            pixel = tissue_runs.pixel_of_ordinal(start, length, cum, int(rng.integers(cum[-1])))
+            row, col = divmod(pixel, shape[1])
             cx, cy = (col + rng.random()) * sx, (row + rng.random()) * sy
-            frac = tissue_fraction(info, cx - extent / 2, cy - extent / 2, extent)
+            half = extent / 2
+            frac = tissue_runs.box_fraction(
+                start, length, shape, size, cx - half, cy - half, extent
+            )
             if frac >= self.min_tissue_fraction:
                 break
         return slide, mpp, (cx, cy), frac
@@ -301,13 +323,13 @@ class PatchSampler:
         pool = []
         for k in range(self.patch_budget):
             slide, mpp, center, _ = self.budget_location(k)
-            level_mpps = self.index.slides[slide].level_mpps
+            level_mpps = self.index.levels(slide)
             _, x0, y0, _ = slides_lib.patch_window(level_mpps, center, self.patch_size, mpp)
             pool.append((slide, mpp, x0, y0))
         return pool
 
     def _read(
-        self, info: SlideInfo, mpp: float, center: tuple[float, float], k: int | None
+        self, slide: int, mpp: float, center: tuple[float, float], k: int | None
     ) -> np.ndarray:
         """The uint8 [P, P, 3] patch; pool entry k's comes from (and goes to) the patch LRU."""
         lru = k is not None and self.budget_cache_items > 0
@@ -316,8 +338,9 @@ class PatchSampler:
             if image is not None:
                 self._patches.move_to_end(k)
                 return image.copy()  # callers may modify their patch in place
+        path, base_mpp = self.index.path(slide), float(self.index.mpp[slide])
         image = slides_lib.read_patch(
-            self.handles.get(info.path), center, self.patch_size, mpp, info.mpp
+            self.handles.get(path), center, self.patch_size, mpp, base_mpp
         )
         if lru:
             with self._lock:
@@ -333,19 +356,19 @@ class PatchSampler:
         while True:
             k = int(rng.integers(self.patch_budget)) if self.patch_budget else None
             slide, mpp, center, frac = self._draw(rng) if k is None else self.budget_location(k)
-            info = self.index.slides[slide]
-            _, x0, y0, _ = slides_lib.patch_window(info.level_mpps, center, self.patch_size, mpp)
+            path, level_mpps = self.index.path(slide), self.index.levels(slide)
+            _, x0, y0, _ = slides_lib.patch_window(level_mpps, center, self.patch_size, mpp)
             try:
-                image = self._read(info, mpp, center, k)
+                image = self._read(slide, mpp, center, k)
             except READ_ERRORS as e:
                 errors += 1
-                self.handles.discard(info.path)
+                self.handles.discard(path)
                 logger.warning(
-                    "Read error %d in slide %s: %s: %s", errors, info.path, type(e).__name__, e
+                    "Read error %d in slide %s: %s: %s", errors, path, type(e).__name__, e
                 )
                 if errors >= self.max_tries:
                     raise DataError(
-                        f"{errors} patch reads failed in a row (last: slide {info.path}: {e}); "
+                        f"{errors} patch reads failed in a row (last: slide {path}: {e}); "
                         "check that the slide files are still readable"
                     ) from e
                 continue

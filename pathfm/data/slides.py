@@ -52,11 +52,16 @@ class SlideRecord:
     mpp_override: float | None = None
 
 
-def find_slides(source: str) -> list[SlideRecord]:
-    """List slides from a directory (non-recursive), a glob pattern or a .csv manifest."""
-    source = os.path.expanduser(str(source))
+def find_slides(source: str, root: str = "") -> list[SlideRecord]:
+    """List slides from a directory (non-recursive), a glob pattern or a .csv manifest.
+
+    With `root`, a relative source and a manifest's relative paths are resolved against it
+    (data mounted elsewhere: change the root, keep the manifest); without, a manifest's relative
+    paths are resolved against its own folder."""
+    root = os.path.expanduser(str(root)) if root else ""
+    source = os.path.join(root, os.path.expanduser(str(source)))
     if source.lower().endswith(".csv") and os.path.isfile(source):
-        return _read_manifest(source)
+        return _read_manifest(source, root)
     if os.path.isdir(source):
         names = sorted(os.listdir(source))
         paths = [os.path.join(source, n) for n in names if n.lower().endswith(SLIDE_EXTENSIONS)]
@@ -105,9 +110,9 @@ def manifest_column(csv_path: str, column: str) -> list[str]:
     return values
 
 
-def _read_manifest(csv_path: str) -> list[SlideRecord]:
+def _read_manifest(csv_path: str, root: str = "") -> list[SlideRecord]:
     """Read a CSV manifest with a `path` column and an optional `mpp` column."""
-    folder = os.path.dirname(os.path.abspath(csv_path))
+    folder = root or os.path.dirname(os.path.abspath(csv_path))
     rows = _manifest_rows(csv_path)
     records, missing = [], []
     for line, row in rows:

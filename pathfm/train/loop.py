@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -19,7 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from pathfm import parallel
+from pathfm import distributed, parallel
 from pathfm.data import pipeline
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
@@ -68,8 +70,8 @@ class NonFiniteCheck:
     """Reads each step's `nonfinite` flag one step late (so the device always has the next step
     queued) and applies `config.on_nonfinite`: warn and go on ("skip"), or raise ("stop")."""
 
-    def __init__(self, policy: str, slide_names: list[str], checkpoint_dir: Path):
-        self.policy, self.slide_names, self.checkpoint_dir = policy, slide_names, checkpoint_dir
+    def __init__(self, policy: str, slide_name: Callable[[int], str], checkpoint_dir: Path):
+        self.policy, self.slide_name, self.checkpoint_dir = policy, slide_name, checkpoint_dir
         self.pending = None  # (step, metrics, slide indices) of the last dispatched step
         self.last_good_checkpoint: int | None = None
 
@@ -88,9 +90,8 @@ class NonFiniteCheck:
             return
         values = jax.device_get(metrics)
         bad = [k for k, v in values.items() if np.ndim(v) == 0 and not np.isfinite(v)]
-        names = (
-            sorted({self.slide_names[i] for i in np.unique(slides)}) if slides is not None else []
-        )
+        indices = np.unique(slides) if slides is not None else []
+        names = sorted({self.slide_name(int(i)) for i in indices})
         where = (
             f"checkpoint step {self.last_good_checkpoint} in {self.checkpoint_dir}"
             if self.last_good_checkpoint is not None
@@ -131,11 +132,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # ---- Input -------------------------------------------------------------------------------
     source = pipeline.resolve_slide_source(config, workdir)
-    index = pipeline.build_slide_index(config, source, workdir)
-    log.info(
-        "%d usable slides from %s (%d rejected)", len(index.slides), source, len(index.rejected)
+    index = pipeline.build_slide_index(
+        config, source, workdir, jax.process_index(), jax.process_count(), distributed.barrier
     )
+    log.info("%d usable slides from %s (%d rejected)", len(index), source, len(index.rejected))
     sampler = pipeline.build_sampler(config, index)
+    log.info("the sampler pickles to %d bytes for each input worker", len(pickle.dumps(sampler)))
     data_iter = pipeline.build_train_iterator(
         config, sampler, jax.process_index(), jax.process_count()
     )
@@ -159,13 +161,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         (workdir / "slides.json").write_text(
-            json.dumps(
-                {"usable": [s.path for s in index.slides], "rejected": index.rejected}, indent=2
-            )
+            json.dumps({"usable": index.paths(), "rejected": index.rejected}, indent=2)
         )
-    nonfinite = NonFiniteCheck(
-        config.on_nonfinite, [s.path for s in index.slides], checkpointer.directory
-    )
+    nonfinite = NonFiniteCheck(config.on_nonfinite, index.path, checkpointer.directory)
     nonfinite.last_good_checkpoint = restored[0] if restored else None
 
     # ---- Loop ----------------------------------------------------------------------------------

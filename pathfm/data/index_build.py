@@ -1,0 +1,372 @@
+"""Preparing the slide index: sharded over processes and local cores, resumable per slide.
+
+1. Each process takes records[process_index::process_count]. For every slide it owns without a
+   valid entry, a worker (a process pool over local cores) opens the slide, computes its tissue
+   mask and writes `entries/<hash>.npz` atomically: geometry, level um/px and tissue runs, or the
+   reason the slide is unusable. The hash keys the file's identity (stored path, size, mtime), its
+   mpp override and the tissue settings, so a killed job resumes without recomputing a finished
+   slide and a changed file or setting is recomputed.
+2. Each process lists its slides' entries in `work-<key>/shard-<p>-of-<P>.json`.
+3. After a barrier, process 0 merges the shards in record order into `index-<key>/` (a
+   TissueIndex directory, published with one rename); after a second barrier every process maps it.
+
+`<key>` hashes the format version, tissue settings, root and the slide list, so a change in any
+of them builds a new index (from the same entries where slides are unchanged). Which resolutions
+a run trains at only filters the mapped index (TissueIndex.load's max_mpp).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pathfm.data import sampler as sampler_lib
+from pathfm.data import tissue_runs
+from pathfm.data.slides import SlideRecord
+from pathfm.data.tissue import TissueConfig
+from pathfm.data.tissue_index import (
+    FORMAT_VERSION,
+    INDEX_FILE,
+    IndexWriter,
+    SlideGeometry,
+    TissueIndex,
+    publish,
+)
+from pathfm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_VERSION = 1  # bump when an entry's fields change meaning
+SLIDES_PER_WORKER = 8  # small jobs use fewer workers: starting one costs about a second
+_LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+Inspect = Callable[[SlideRecord], "sampler_lib.SlideInfo | str"]
+Barrier = Callable[[str], None]
+
+
+def stored_path(path: str, root: str) -> str:
+    """`path` as the index stores it: relative to `root` when it lies under it, else absolute."""
+    path = os.path.abspath(path)
+    if root:
+        rel = os.path.relpath(path, os.path.abspath(root))
+        if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
+            return rel
+    return path
+
+
+def index_key(records: Sequence[SlideRecord], tissue: TissueConfig, root: str) -> str:
+    """Hex digest of what the merged index depends on; the slide list is hashed, not statted."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{stored_path(r.path, root)}\t{r.mpp_override}\n".encode())
+    key = {
+        "version": FORMAT_VERSION,
+        "entry_version": ENTRY_VERSION,
+        "tissue": tissue.mask_key(),
+        "root": os.path.abspath(root) if root else "",
+        "slides": digest.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def entry_key(record: SlideRecord, tissue: TissueConfig, root: str) -> str:
+    """JSON of what determines a slide's entry (OSError if the file cannot be statted)."""
+    stat = os.stat(record.path)
+    return json.dumps(
+        {
+            "version": ENTRY_VERSION,
+            "path": stored_path(record.path, root),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "mpp_override": None if record.mpp_override is None else float(record.mpp_override),
+            "tissue": tissue.mask_key(),
+        },
+        sort_keys=True,
+    )
+
+
+def entry_name(key: str) -> str:
+    """The file name of the entry for `key`."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One slide's prepared entry: `reason` is '' for a usable slide."""
+
+    reason: str
+    geometry: SlideGeometry | None = None
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    made_by: str = ""
+
+
+def write_entry(file: str, key: str, result: sampler_lib.SlideInfo | str, made_by: str) -> None:
+    """Write a slide's entry atomically (temporary file, then os.replace)."""
+    arrays = {"key": np.array(key), "made_by": np.array(made_by)}
+    if isinstance(result, str):
+        arrays["reason"] = np.array(result)
+    else:
+        start, length, cum = tissue_runs.mask_to_runs(np.asarray(result.mask, bool))
+        arrays.update(
+            reason=np.array(""),
+            mpp=np.float64(result.mpp),
+            size=np.array((result.width, result.height), np.int64),
+            level_mpps=np.array(result.level_mpps, np.float64),
+            mask_shape=np.array(result.mask.shape, np.int64),
+            mask_mpp=np.float64(result.mask_mpp),
+            run_start=start,
+            run_length=length,
+            run_cum=cum,
+        )
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=".entry-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # shared by every user of the index directory
+        os.replace(tmp, file)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def read_entry(file: str, key: str) -> Entry | None:
+    """The entry stored in `file` for `key`, or None if missing or unreadable."""
+    if not os.path.exists(file):
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            reason, made_by = str(z["reason"]), str(z["made_by"])
+            if reason:
+                return Entry(reason, made_by=made_by)
+            width, height = (int(v) for v in z["size"])
+            geometry = SlideGeometry(
+                width,
+                height,
+                float(z["mpp"]),
+                tuple(float(m) for m in z["level_mpps"]),
+                tuple(int(v) for v in z["mask_shape"]),
+                float(z["mask_mpp"]),
+            )
+            return Entry("", geometry, (z["run_start"], z["run_length"], z["run_cum"]), made_by)
+    except _LOAD_ERRORS as e:
+        logger.warning("Ignoring unreadable index entry %s (%s: %s)", file, type(e).__name__, e)
+        return None
+
+
+def inspect_with_cache(record: SlideRecord, tissue: TissueConfig, cache_dir: str | None):
+    """Open and mask a slide (mask cache in `cache_dir`); no mpp limit (applied at merge)."""
+    return sampler_lib.inspect_slide(record, tissue, None, cache_dir)
+
+
+def _compute(task: tuple[SlideRecord, str, str, Inspect, str]) -> str:
+    """Worker: inspect one slide and write its entry; returns the reason ('' if usable)."""
+    record, key, file, inspect, made_by = task
+    result = inspect(record)
+    write_entry(file, key, result, made_by)
+    return result if isinstance(result, str) else ""
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What a prepare call did in this process."""
+
+    directory: str  # the merged index
+    owned: int = 0  # slides this process was responsible for
+    computed: int = 0  # entries this process computed now
+    reused: int = 0  # entries found from an earlier (possibly killed) run
+    built: bool = False  # whether this call merged the index (False: it existed already)
+    seconds: float = 0.0
+
+
+def _pool_size(workers: int, jobs: int) -> int:
+    """Worker processes for `jobs` slides: `workers` (0 = local cores), fewer for small jobs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(workers or cores or 1, -(-jobs // SLIDES_PER_WORKER)))
+
+
+def compute_entries(
+    records: Sequence[SlideRecord],
+    owned: Sequence[int],
+    entries_dir: str,
+    tissue: TissueConfig,
+    root: str,
+    inspect: Inspect,
+    workers: int,
+    made_by: str,
+) -> tuple[list, int, int]:
+    """Entries for records[i], i in `owned`: (shard rows [i, entry key or None, reason], computed,
+    reused). A slide that cannot be statted gets no entry, only its reason."""
+    rows, tasks = [], []
+    for i in owned:
+        record = records[i]
+        if not os.path.isfile(record.path):
+            rows.append([i, None, "file not found; check the path (or remove it from the list)"])
+            continue
+        try:
+            key = entry_key(record, tissue, root)
+        except OSError as e:
+            rows.append([i, None, f"unreadable ({type(e).__name__}: {e}); check the file"])
+            continue
+        name = entry_name(key)
+        rows.append([i, key, ""])
+        if read_entry(os.path.join(entries_dir, name), key) is None:
+            tasks.append((record, key, os.path.join(entries_dir, name), inspect, made_by))
+    pool_size = _pool_size(workers, len(tasks))
+    logger.info(
+        "%s: %d slides owned, %d to compute on %d worker(s), %d prepared earlier",
+        made_by, len(owned), len(tasks), pool_size, len(owned) - len(tasks),
+    )  # fmt: skip
+    if pool_size <= 1:
+        results = map(_compute, tasks)
+        _drain(results, len(tasks))
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that started JAX
+        with concurrent.futures.ProcessPoolExecutor(pool_size, mp_context=context) as pool:
+            _drain(pool.map(_compute, tasks, chunksize=1), len(tasks))
+    return rows, len(tasks), len(owned) - len(tasks)
+
+
+def _drain(results, total: int) -> None:
+    """Consume per-slide results, logging progress about every 10%."""
+    step = max(1, total // 10)
+    for done, _ in enumerate(results, start=1):
+        if done % step == 0 or done == total:
+            logger.info("prepared %d/%d slides", done, total)
+
+
+def merge(
+    records: Sequence[SlideRecord],
+    shards: Sequence[str],
+    entries_dir: str,
+    directory: str,
+    key: str,
+    root: str,
+) -> None:
+    """Merge the shard lists' entries, in record order, into the index `directory`."""
+    rows = {}
+    for shard in shards:
+        with open(shard) as f:
+            rows.update({int(i): (key, reason) for i, key, reason in json.load(f)})
+    missing = [records[i].path for i in range(len(records)) if i not in rows]
+    if missing:
+        raise DataError(
+            f"{len(missing)} slide(s) have no prepared entry (first: {missing[0]}): a process "
+            "did not finish; rerun the preparation job"
+        )
+    tmp = f"{directory}.tmp-{os.getpid()}"
+    writer = IndexWriter(tmp)
+    rejected = []
+    for i, record in enumerate(records):
+        entry_id, reason = rows[i]
+        entry = None
+        if entry_id is not None:
+            entry = read_entry(os.path.join(entries_dir, entry_name(entry_id)), entry_id)
+            if entry is None:
+                raise DataError(
+                    f"The prepared entry of {record.path} is missing or damaged; rerun the "
+                    "preparation job to recompute it"
+                )
+            reason = entry.reason
+        if reason:
+            rejected.append((record.path, reason))
+            continue
+        writer.add(stored_path(record.path, root), entry.geometry, *entry.runs)
+    writer.finish(rejected, root=os.path.abspath(root) if root else "", key=key)
+    publish(tmp, directory)
+
+
+def shard_file(work_dir: str, process_index: int, process_count: int) -> str:
+    """The list of process `process_index`'s slides and their entries."""
+    return os.path.join(work_dir, f"shard-{process_index}-of-{process_count}.json")
+
+
+def prepare_index(
+    records: Sequence[SlideRecord],
+    tissue: TissueConfig,
+    index_dir: str,
+    *,
+    root: str = "",
+    workers: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Barrier = lambda name: None,
+    mask_cache_dir: str | None = None,
+    inspect: Inspect | None = None,
+) -> PrepareReport:
+    """Build (or find) the index of `records` in `index_dir`; every process must call it.
+
+    `inspect` maps a record to its SlideInfo or a reason (default: open the slide, mask its
+    thumbnail, using the mask cache); it must be picklable for the worker pool."""
+    t0 = time.perf_counter()
+    key = index_key(records, tissue, root)
+    directory = os.path.join(index_dir, f"index-{key}")
+    report = PrepareReport(directory)
+    if os.path.exists(os.path.join(directory, INDEX_FILE)):
+        report.seconds = time.perf_counter() - t0
+        return report
+    entries_dir, work_dir = (
+        os.path.join(index_dir, "entries"),
+        os.path.join(index_dir, f"work-{key}"),
+    )
+    os.makedirs(entries_dir, exist_ok=True)
+    os.makedirs(work_dir, exist_ok=True)
+    inspect = inspect or functools.partial(
+        inspect_with_cache, tissue=tissue, cache_dir=mask_cache_dir
+    )
+    owned = range(process_index, len(records), process_count)
+    made_by = f"process {process_index} of {process_count}"
+    rows, report.computed, report.reused = compute_entries(
+        records, owned, entries_dir, tissue, root, inspect, workers, made_by
+    )
+    report.owned = len(owned)
+    shard = shard_file(work_dir, process_index, process_count)
+    with open(shard + ".tmp", "w") as f:
+        json.dump(rows, f)
+    os.replace(shard + ".tmp", shard)
+    barrier(f"pathfm-index-entries-{key}")
+    if process_index == 0:
+        shards = [
+            os.path.join(work_dir, f"shard-{p}-of-{process_count}.json")
+            for p in range(process_count)
+        ]
+        merge(records, shards, entries_dir, directory, key, root)
+        report.built = True
+    barrier(f"pathfm-index-merged-{key}")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def check_usable(
+    index: TissueIndex, n_records: int, on_bad_slide: str, max_bad_fraction: float
+) -> None:
+    """DataError when no slide is usable, a slide is bad under on_bad_slide='error', or more
+    than max_bad_fraction of the slides are bad."""
+    rejected = index.rejected
+    reasons = sampler_lib.list_reasons(rejected)
+    if rejected and on_bad_slide == "error":
+        path, reason = rejected[0]
+        raise DataError(f"Slide {path} is unusable: {reason}.")
+    if len(index) == 0:
+        raise DataError(
+            f"None of the {n_records} slide(s) is usable; fix or replace them:\n" + reasons
+        )
+    if len(rejected) > max_bad_fraction * n_records:
+        raise DataError(
+            f"{len(rejected)} of {n_records} slides are unusable, more than "
+            f"max_bad_fraction={max_bad_fraction:g} allows; fix or remove them (or raise "
+            "max_bad_fraction):\n" + reasons
+        )

@@ -1,0 +1,1 @@
+"""The runs users start from the command line (on top of every other layer)."""
