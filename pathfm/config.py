@@ -139,8 +139,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.patch_budget = 0  # > 0: train on this many distinct patch locations (kaiko ablation)
     c.data.on_bad_slide = "skip"  # or "error"
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
-    c.data.read_threads = 4  # threads per process assembling batches
-    c.data.prefetch_batches = 2  # batches read ahead per process (bounds host memory)
+    c.data.read_threads = 4  # threads per process assembling batches (<= prefetch_batches)
+    c.data.prefetch_batches = 4  # batches read ahead per process (bounds host memory)
     c.data.root = ""  # folder relative slide paths are resolved against (and stored under)
     c.data.index_dir = ""  # prepared slide index (docs/data.md); "" = <workdir>/slide_index
     c.data.prepare_workers = 0  # processes preparing the index; 0 = one per local core
@@ -338,7 +338,11 @@ def validate_data(c: ml_collections.ConfigDict) -> None:
     _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
     _require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
     _require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
-    _require(d.prefetch_batches >= 1, "data.prefetch_batches", "must be >= 1")
+    _require(
+        d.prefetch_batches >= d.read_threads,
+        "data.prefetch_batches",
+        f"must be >= data.read_threads ({d.read_threads}): a thread assembles one batch",
+    )
     _require(
         not d.root or os.path.isdir(os.path.expanduser(d.root)),
         "data.root",

@@ -236,7 +236,8 @@ def compute_entries(
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that started JAX
         with concurrent.futures.ProcessPoolExecutor(pool_size, mp_context=context) as pool:
-            _drain(pool.map(_compute, tasks, chunksize=1), len(tasks))
+            chunk = max(1, min(8, len(tasks) // (4 * pool_size)))  # a kill loses <= a chunk
+            _drain(pool.map(_compute, tasks, chunksize=chunk), len(tasks))
     return rows, len(tasks), len(owned) - len(tasks)
 
 

@@ -293,9 +293,9 @@ class PatchSampler:
         if self._cum_slides is None:
             slide = int(rng.integers(len(index)))
         else:
-            slide = int(np.searchsorted(self._cum_slides, rng.random(), side="right"))
+            slide = int(self._cum_slides.searchsorted(rng.random(), side="right"))
             slide = min(slide, len(index) - 1)
-        choice = int(np.searchsorted(self._cum_weights[slide], rng.random(), side="right"))
+        choice = int(self._cum_weights[slide].searchsorted(rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
         start, length, cum = index.runs(slide)
         shape = int(index.mask_h[slide]), int(index.mask_w[slide])

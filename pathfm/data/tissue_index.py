@@ -8,7 +8,7 @@ index carries only its directory, so grain workers map the same pages instead of
 Columns, S slides, R runs, L levels in all:
 - width, height, mask_w, mask_h, tissue_pixels int64 [S]; mpp, mask_mpp float64 [S]
 - run_offset, level_offset, path_offset int64 [S + 1]: slide i's rows of the flat columns below
-- run_start int64, run_length int32, run_cum int64 [R] (see tissue_runs; cum restarts per slide)
+- run_start, run_length, run_cum int32 [R] (see tissue_runs; cum restarts per slide)
 - level_mpps float64 [L]; path_bytes uint8 (UTF-8 paths, relative to `root` when it is set)
 """
 
@@ -38,9 +38,9 @@ SLIDE_COLUMNS = {
 }
 OFFSET_COLUMNS = ("run_offset", "level_offset", "path_offset")
 FLAT_COLUMNS = {
-    "run_start": np.int64,
+    "run_start": np.int32,
     "run_length": np.int32,
-    "run_cum": np.int64,
+    "run_cum": np.int32,
     "level_mpps": np.float64,
     "path_bytes": np.uint8,
 }

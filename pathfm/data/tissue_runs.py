@@ -2,8 +2,8 @@
 tissue fractions exactly as the full bool mask does.
 
 A mask bool [h, w] becomes its runs of consecutive True pixels in row-major order, each inside one
-row: `start` int64 [R] (flat index row * w + col of the first pixel), `length` int32 [R] and
-`cum` int64 [R] (pixels in runs 0..j, inclusive). A blob-shaped tissue mask of a 40x slide at
+row: `start` int32 [R] (flat index row * w + col of the first pixel), `length` int32 [R] and
+`cum` int32 [R] (pixels in runs 0..j, inclusive). A blob-shaped tissue mask of a 40x slide at
 8 um/px (2500 x 3125 px) has a few thousand runs (tens of KB) where its bitmap takes 977 KB.
 """
 
@@ -15,29 +15,34 @@ import numpy as np
 
 
 def mask_to_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start int64 [R], length int32 [R], cum int64 [R]) of the True runs of a bool [h, w] mask."""
+    """(start, length, cum) int32 [R] of the True runs of a bool [h, w] mask (h * w < 2**31)."""
     h, w = mask.shape
-    padded = np.zeros((h, w + 2), np.int8)
-    padded[:, 1:-1] = mask
-    edges = np.diff(padded, axis=1)  # [h, w + 1]: +1 where a run starts, -1 one past its end
-    rows_s, cols_s = np.nonzero(edges == 1)
-    _, cols_e = np.nonzero(edges == -1)  # same row-major order: one end per start
-    start = rows_s.astype(np.int64) * w + cols_s
-    length = (cols_e - cols_s).astype(np.int32)
-    return start, length, np.cumsum(length, dtype=np.int64)
+    if h * (w + 1) >= 2**31:
+        raise ValueError(f"a {h}x{w} tissue mask is too large for int32 runs; raise mask_mpp")
+    padded = np.zeros((h, w + 1), bool)  # a False column ends every row: runs stay in their row
+    padded[:, :w] = mask
+    flat = padded.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # first pixel after each change
+    if flat[0]:
+        change = np.concatenate(([0], change))
+    begin, end = change[0::2], change[1::2]  # alternate: False->True, then True->False
+    rows = begin // (w + 1)
+    start = (begin - rows).astype(np.int32)  # row * (w + 1) + col -> row * w + col
+    length = (end - begin).astype(np.int32)
+    return start, length, np.cumsum(length, dtype=np.int32)
 
 
 def runs_to_mask(start: np.ndarray, length: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The bool [h, w] mask of runs (inverse of mask_to_runs)."""
     flat = np.zeros(shape[0] * shape[1] + 1, np.int8)
-    np.add.at(flat, start, 1)
-    np.add.at(flat, start + length, -1)
+    np.add.at(flat, start.astype(np.int64), 1)
+    np.add.at(flat, start.astype(np.int64) + length, -1)
     return np.cumsum(flat[:-1], dtype=np.int64).reshape(shape) > 0
 
 
 def pixel_of_ordinal(start: np.ndarray, length: np.ndarray, cum: np.ndarray, k: int) -> int:
     """Flat index of the k-th True pixel in row-major order (what flatnonzero(mask)[k] gives)."""
-    j = int(np.searchsorted(cum, k, side="right"))
+    j = int(cum.searchsorted(k, side="right"))
     return int(start[j]) + k - (int(cum[j]) - int(length[j]))
 
 
@@ -67,14 +72,11 @@ def box_fraction(
     ylo, yhi = _clipped(b0, b1, mask_h)
     if xlo >= xhi or ylo >= yhi:
         return 0.0
-    p0, p1 = np.searchsorted(start, (ylo * mask_w, yhi * mask_w))
+    p0, p1 = start.searchsorted((ylo * mask_w, yhi * mask_w))  # the runs of rows ylo..yhi-1
     if p0 == p1:
         return 0.0
-    s = start[p0:p1]
-    rows = s // mask_w
-    cols = (s - rows * mask_w).astype(np.float64)
+    rows, cols = np.divmod(start[p0:p1], mask_w)
     inside = np.minimum(cols + length[p0:p1], a1) - np.maximum(cols, a0)  # run overlap in x
-    top, bottom = rows.astype(np.float64), rows + 1.0
-    row_weight = np.minimum(bottom, b1) - np.maximum(top, b0)  # row overlap in y
-    covered = np.dot(np.clip(inside, 0.0, None), row_weight)
+    row_weight = np.minimum(rows + 1.0, b1) - np.maximum(rows, b0)  # row overlap in y
+    covered = np.dot(np.maximum(inside, 0.0), row_weight)
     return float(covered / ((extent / sx) * (extent / sy)))
