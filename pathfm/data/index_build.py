@@ -2,7 +2,7 @@
 
 1. Each process takes records[process_index::process_count]. For every slide it owns without a
    valid entry, a worker (a process pool over local cores) opens the slide, computes its tissue
-   mask and writes `entries/<hash>.npz` atomically: geometry, level um/px and tissue runs, or the
+   mask and writes `entries/<hash>.entry` atomically: geometry, level um/px and tissue runs, or the
    reason the slide is unusable. The hash keys the file's identity (stored path, size, mtime), its
    mpp override and the tissue settings, so a killed job resumes without recomputing a finished
    slide and a changed file or setting is recomputed.
@@ -10,9 +10,10 @@
 3. After a barrier, process 0 merges the shards in record order into `index-<key>/` (a
    TissueIndex directory, published with one rename); after a second barrier every process maps it.
 
-`<key>` hashes the format version, tissue settings, root and the slide list, so a change in any
-of them builds a new index (from the same entries where slides are unchanged). Which resolutions
-a run trains at only filters the mapped index (TissueIndex.load's max_mpp).
+`<key>` hashes the format version, tissue settings and the slide list (paths relative to the
+root), so a change in any of them builds a new index (from the same entries where slides are
+unchanged). Which resolutions a run trains at only filters the mapped index (`max_mpp` of
+TissueIndex.load).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import multiprocessing
 import os
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 ENTRY_VERSION = 1  # bump when an entry's fields change meaning
 SLIDES_PER_WORKER = 8  # small jobs use fewer workers: starting one costs about a second
-_LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError)  # json.JSONDecodeError is a ValueError
 Inspect = Callable[[SlideRecord], "sampler_lib.SlideInfo | str"]
 Barrier = Callable[[str], None]
 
@@ -67,7 +67,8 @@ def stored_path(path: str, root: str) -> str:
 
 
 def index_key(records: Sequence[SlideRecord], tissue: TissueConfig, root: str) -> str:
-    """Hex digest of what the merged index depends on; the slide list is hashed, not statted."""
+    """Hex digest of what the merged index depends on; the slide list is hashed, not statted.
+    Paths under `root` enter relative to it, so the same data mounted elsewhere keeps its index."""
     digest = hashlib.sha256()
     for r in records:
         digest.update(f"{stored_path(r.path, root)}\t{r.mpp_override}\n".encode())
@@ -75,7 +76,6 @@ def index_key(records: Sequence[SlideRecord], tissue: TissueConfig, root: str) -
         "version": FORMAT_VERSION,
         "entry_version": ENTRY_VERSION,
         "tissue": tissue.mask_key(),
-        "root": os.path.abspath(root) if root else "",
         "slides": digest.hexdigest(),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -99,7 +99,7 @@ def entry_key(record: SlideRecord, tissue: TissueConfig, root: str) -> str:
 
 def entry_name(key: str) -> str:
     """The file name of the entry for `key`."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz"
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".entry"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,27 +113,23 @@ class Entry:
 
 
 def write_entry(file: str, key: str, result: sampler_lib.SlideInfo | str, made_by: str) -> None:
-    """Write a slide's entry atomically (temporary file, then os.replace)."""
-    arrays = {"key": np.array(key), "made_by": np.array(made_by)}
+    """Write a slide's entry atomically (temporary file, then os.replace).
+
+    Format: one line of JSON (key, made_by, reason or geometry, run count), then the runs' start,
+    length and cum as raw little-endian int32: one read and no zip parsing when merging."""
+    header = {"key": key, "made_by": made_by, "reason": ""}
+    runs = np.empty((3, 0), "<i4")
     if isinstance(result, str):
-        arrays["reason"] = np.array(result)
+        header["reason"] = result
     else:
-        start, length, cum = tissue_runs.mask_to_runs(np.asarray(result.mask, bool))
-        arrays.update(
-            reason=np.array(""),
-            mpp=np.float64(result.mpp),
-            size=np.array((result.width, result.height), np.int64),
-            level_mpps=np.array(result.level_mpps, np.float64),
-            mask_shape=np.array(result.mask.shape, np.int64),
-            mask_mpp=np.float64(result.mask_mpp),
-            run_start=start,
-            run_length=length,
-            run_cum=cum,
-        )
+        runs = np.stack(tissue_runs.mask_to_runs(np.asarray(result.mask, bool))).astype("<i4")
+        header["geometry"] = dataclasses.asdict(SlideGeometry.of(result))
+        header["runs"] = runs.shape[1]
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=".entry-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(json.dumps(header).encode() + b"\n")
+            f.write(runs.tobytes())
         os.chmod(tmp, 0o644)  # shared by every user of the index directory
         os.replace(tmp, file)
     finally:
@@ -142,28 +138,30 @@ def write_entry(file: str, key: str, result: sampler_lib.SlideInfo | str, made_b
 
 
 def read_entry(file: str, key: str) -> Entry | None:
-    """The entry stored in `file` for `key`, or None if missing or unreadable."""
-    if not os.path.exists(file):
-        return None
+    """The entry stored in `file` for `key`, or None if missing, foreign or damaged."""
     try:
-        with np.load(file, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            reason, made_by = str(z["reason"]), str(z["made_by"])
-            if reason:
-                return Entry(reason, made_by=made_by)
-            width, height = (int(v) for v in z["size"])
-            geometry = SlideGeometry(
-                width,
-                height,
-                float(z["mpp"]),
-                tuple(float(m) for m in z["level_mpps"]),
-                tuple(int(v) for v in z["mask_shape"]),
-                float(z["mask_mpp"]),
-            )
-            return Entry("", geometry, (z["run_start"], z["run_length"], z["run_cum"]), made_by)
+        with open(file, "rb") as f:
+            header = json.loads(f.readline())
+            body = f.read()
+        if header.get("key") != key:
+            return None
+        if header["reason"]:
+            return Entry(header["reason"], made_by=header["made_by"])
+        g = header["geometry"]
+        geometry = SlideGeometry(
+            int(g["width"]),
+            int(g["height"]),
+            float(g["mpp"]),
+            tuple(float(m) for m in g["level_mpps"]),
+            tuple(int(n) for n in g["mask_shape"]),
+            float(g["mask_mpp"]),
+        )
+        runs = np.frombuffer(body, "<i4").reshape(3, header["runs"])  # ValueError if truncated
+        return Entry("", geometry, (runs[0], runs[1], runs[2]), header["made_by"])
+    except FileNotFoundError:
+        return None
     except _LOAD_ERRORS as e:
-        logger.warning("Ignoring unreadable index entry %s (%s: %s)", file, type(e).__name__, e)
+        logger.warning("Ignoring damaged index entry %s (%s: %s)", file, type(e).__name__, e)
         return None
 
 

@@ -96,7 +96,8 @@ def build_slide_index(
         barrier=barrier,
         mask_cache_dir=cache_dir,
     )
-    index = TissueIndex.load(report.directory, max_mpp=max_mpp)
+    root = str(Path(d.root).expanduser().absolute()) if d.root else None  # None: as built
+    index = TissueIndex.load(report.directory, root=root, max_mpp=max_mpp)
     if report.owned:
         logger.info(
             "slide index %s: computed %d and reused %d of this process's %d slides in %.1f s",
