@@ -39,11 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pathfm.config import kaiko_dino
-from pathfm.data import index_build, pipeline, slides, tissue_runs
+from pathfm.data import index_build, slides, tissue_runs
 from pathfm.data.mask_cache import SlideInfo
 from pathfm.data.sampler import PatchSampler
-from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import IndexWriter, SlideGeometry, TissueIndex, publish
 
@@ -277,6 +275,12 @@ class PeakRSS:
 
 def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int) -> dict:
     """Peak host RSS of the kaiko DINO ViT-S/16 input pipeline at `batch` with `workers`."""
+    # Imported here: the build's spawned workers import this module, and JAX (which the config
+    # module pulls in) would add seconds to each worker's start.
+    from pathfm.config import kaiko_dino
+    from pathfm.data import pipeline
+    from pathfm.data.synthetic import generate_synthetic_slides
+
     config = kaiko_dino("S", 16, None)  # configs/kaiko_dino_vits16.py
     config.batch_size = batch
     config.data.num_workers = workers

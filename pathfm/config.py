@@ -133,7 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.median_blur = 7  # kernel (CLAM's mthresh); 0 or 1 disables
     c.data.close_kernel = 5  # elliptic morphological close; 0 or 1 disables
     c.data.min_tissue_fraction = 0.35
-    c.data.mask_cache_dir = ""  # tissue masks cached by slide identity; "" = <workdir>/mask_cache
+    c.data.mask_cache_dir = ""  # bitmap masks cached by slide identity; "" = none (the slide
+    # index's entries already keep every mask)
     c.data.max_bad_fraction = 0.5  # stop before training if more slides than this are unusable
     c.data.slide_weighting = "uniform"  # or "tissue_area": slides drawn by their tissue area
     c.data.patch_budget = 0  # > 0: train on this many distinct patch locations (kaiko ablation)

@@ -165,15 +165,37 @@ def read_entry(file: str, key: str) -> Entry | None:
         return None
 
 
+def entry_is_complete(file: str, key: str) -> bool:
+    """Whether `file` holds a whole entry for `key`: its header, then exactly the runs it announces
+    (reads one line, not the runs; merge still reads and checks everything)."""
+    try:
+        with open(file, "rb") as f:
+            line = f.readline()
+            header = json.loads(line)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as e:
+        logger.warning("Recomputing damaged index entry %s (%s: %s)", file, type(e).__name__, e)
+        return False
+    return header.get("key") == key and size == len(line) + 12 * header.get("runs", 0)
+
+
 def inspect_with_cache(record: SlideRecord, tissue: TissueConfig, cache_dir: str | None):
     """Open and mask a slide (mask cache in `cache_dir`); no mpp limit (applied at merge)."""
     return sampler_lib.inspect_slide(record, tissue, None, cache_dir)
 
 
 def _compute(task: tuple[SlideRecord, str, str, Inspect, str]) -> str:
-    """Worker: inspect one slide and write its entry; returns the reason ('' if usable)."""
+    """Worker: inspect one slide and write its entry; returns the reason ('' if usable).
+
+    A slide that could not be read (I/O or decode error, maybe passing, e.g. a network file
+    system's hiccup) gets no entry, so the next run tries it again; other reasons (no tissue, no
+    resolution) are final for this file and settings and are stored."""
     record, key, file, inspect, made_by = task
     result = inspect(record)
+    if isinstance(result, str) and result.startswith(sampler_lib.UNREADABLE):
+        return result
     write_entry(file, key, result, made_by)
     return result if isinstance(result, str) else ""
 
@@ -217,34 +239,48 @@ def compute_entries(
         try:
             key = entry_key(record, tissue, root)
         except OSError as e:
-            rows.append([i, None, f"unreadable ({type(e).__name__}: {e}); check the file"])
+            reason = f"{sampler_lib.UNREADABLE} ({type(e).__name__}: {e}); check the file"
+            rows.append([i, None, reason])
             continue
-        name = entry_name(key)
+        file = os.path.join(entries_dir, entry_name(key))
         rows.append([i, key, ""])
-        if read_entry(os.path.join(entries_dir, name), key) is None:
-            tasks.append((record, key, os.path.join(entries_dir, name), inspect, made_by))
+        if not entry_is_complete(file, key):
+            tasks.append((len(rows) - 1, (record, key, file, inspect, made_by)))
     pool_size = _pool_size(workers, len(tasks))
     logger.info(
         "%s: %d slides owned, %d to compute on %d worker(s), %d prepared earlier",
         made_by, len(owned), len(tasks), pool_size, len(owned) - len(tasks),
     )  # fmt: skip
+    work = [task for _, task in tasks]
     if pool_size <= 1:
-        results = map(_compute, tasks)
-        _drain(results, len(tasks))
+        reasons = _drain(map(_compute, work), len(tasks))
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that started JAX
-        with concurrent.futures.ProcessPoolExecutor(pool_size, mp_context=context) as pool:
-            chunk = max(1, min(8, len(tasks) // (4 * pool_size)))  # a kill loses <= a chunk
-            _drain(pool.map(_compute, tasks, chunksize=chunk), len(tasks))
+        chunk = max(1, min(8, len(tasks) // (4 * pool_size)))  # fewer round trips
+        try:
+            with concurrent.futures.ProcessPoolExecutor(pool_size, mp_context=context) as pool:
+                reasons = _drain(pool.map(_compute, work, chunksize=chunk), len(tasks))
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise DataError(
+                f"A slide preparation worker died ({e}), e.g. a slide reader crashed or memory ran "
+                "out; every slide it finished is kept. Rerun to resume; if it dies again, one of "
+                "the slides still to prepare crashes its reader: check them with openslide-show-"
+                "properties and remove the culprit from the list."
+            ) from e
+    for (row, _), reason in zip(tasks, reasons, strict=True):
+        if reason.startswith(sampler_lib.UNREADABLE):  # no entry: retried by the next run
+            rows[row] = [rows[row][0], None, reason]
     return rows, len(tasks), len(owned) - len(tasks)
 
 
-def _drain(results, total: int) -> None:
-    """Consume per-slide results, logging progress about every 10%."""
-    step = max(1, total // 10)
-    for done, _ in enumerate(results, start=1):
+def _drain(results, total: int) -> list[str]:
+    """Collect per-slide results, logging progress about every 10%."""
+    step, collected = max(1, total // 10), []
+    for done, result in enumerate(results, start=1):
+        collected.append(result)
         if done % step == 0 or done == total:
             logger.info("prepared %d/%d slides", done, total)
+    return collected
 
 
 def merge(

@@ -72,7 +72,9 @@ def build_slide_index(
     the run before training (unless `stop_on_bad` is False: preparation only reports them)."""
     d = config.data
     records = find_slides(source, d.root)
-    cache_dir = d.mask_cache_dir or (str(Path(workdir) / "mask_cache") if workdir else None)
+    # The index's per-slide entries hold each mask losslessly in about a tenth of a bitmap's bytes,
+    # so the bitmap mask cache is used only where one is named (e.g. shared with evaluation).
+    cache_dir = d.mask_cache_dir or None
     index_dir = d.index_dir or (str(Path(workdir) / "slide_index") if workdir else None)
     max_mpp = max(d.mpps)  # a slide serves the mpps its pyramid reaches
     if index_dir is None:

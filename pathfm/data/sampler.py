@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # What reading a bad slide raises: OpenSlide errors, I/O errors, bad values, failed decodes.
 READ_ERRORS = (openslide.OpenSlideError, OSError, ValueError, cv2.error)
 _MAX_LISTED = 20
+UNREADABLE = "unreadable"  # how a reason from an I/O or decode error starts (maybe passing)
 SLIDE_WEIGHTINGS = ("uniform", "tissue_area")
 _BUDGET_STREAM = 0x9A7C4B  # salts the pool's seed stream apart from the samples' [seed, index]
 
@@ -46,7 +47,7 @@ def inspect_slide(
     try:
         key = mask_cache.cache_key(record.path, record.mpp_override, tissue)
     except OSError as e:
-        return f"unreadable ({type(e).__name__}: {e}); check the file"
+        return f"{UNREADABLE} ({type(e).__name__}: {e}); check the file"
     cached = mask_cache.load(cache_dir, key, record.path)
     if cached is not None:
         return mpp_problem(cached.mpp, max_mpp) or cached
@@ -78,7 +79,7 @@ def _open_and_mask(
             mpps = tuple(slides_lib.level_mpps(slide, mpp))
             return SlideInfo(record.path, mpp, width, height, mpps, mask, mask_mpp)
     except READ_ERRORS as e:
-        return f"unreadable ({type(e).__name__}: {e}); check or re-export the file"
+        return f"{UNREADABLE} ({type(e).__name__}: {e}); check or re-export the file"
 
 
 def mpp_problem(mpp: float | None, max_mpp: float | None) -> str:

@@ -82,9 +82,9 @@ def too_coarse(mpp: float, max_mpp: float | None) -> str:
 class TissueIndex:
     """Usable slides as columns, plus rejected (path, reason) pairs; see the module docstring.
 
-    With `max_mpp`, slides coarser than it at level 0 are left out (and listed as rejected): slide
-    i is then row keep[i] of the columns. Per-slide columns of such a subset are gathered copies
-    (about 100 bytes a slide); runs, levels and paths stay mapped."""
+    With `max_mpp`, slides coarser than it at level 0 are left out (and listed as rejected). The
+    per-slide columns are held in memory (about 80 bytes a slide); runs, levels and paths stay
+    mapped."""
 
     def __init__(
         self,
@@ -120,7 +120,9 @@ class TissueIndex:
             ]
             slide_columns = {n: np.asarray(v)[keep] for n, v in slide_columns.items()}
         for name, values in slide_columns.items():
-            setattr(self, name, values)
+            # Private copies (80 bytes a slide): a draw reads them for a random slide, and
+            # mapped pages would fault in one by one; the runs (KBs a slide) stay mapped.
+            setattr(self, name, np.array(values))
         self.rejected = rejected
 
     def _path(self, columns: dict[str, np.ndarray], row: int) -> str:

@@ -98,7 +98,7 @@ def test_patch_budget_limits_training_locations_but_not_the_probe_set(
 ):
     config = tiny_dino_config(**{"data.slides": str(synthetic_slide_dir), "data.patch_budget": 3})
     index = pipeline.build_slide_index(config, str(synthetic_slide_dir), tmp_path)
-    assert list((tmp_path / "mask_cache").iterdir())  # masks cached under the workdir
+    assert len(list((tmp_path / "slide_index" / "entries").iterdir())) == 4  # under the workdir
     it = pipeline.build_train_iterator(config, pipeline.build_sampler(config, index))
     seen = {tuple(row) for _ in range(3) for row in _where(next(it))}
     assert len(seen) == 3
