@@ -149,7 +149,7 @@ def assemble(records: list[slides.SlideRecord], directory: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     writer = IndexWriter(tmp)
     for i, record in enumerate(records):
-        writer.add(record.path, geometry, *templates[i % TEMPLATES])
+        writer.add(record.path, geometry, templates[i % TEMPLATES])
     writer.finish()
     shutil.rmtree(directory, ignore_errors=True)
     publish(tmp, str(directory))

@@ -49,7 +49,8 @@ from pathfm.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-ENTRY_VERSION = 1  # bump when an entry's fields change meaning
+ENTRY_VERSION = 2  # bump when an entry's fields change meaning (2: runs by row)
+_RUN_DTYPES = ("<u4", "<u4", "<u2", "<u2")  # row_ptr, row_cum, begin, end
 SLIDES_PER_WORKER = 8  # small jobs use fewer workers: starting one costs about a second
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError)  # json.JSONDecodeError is a ValueError
 Inspect = Callable[[SlideRecord], "sampler_lib.SlideInfo | str"]
@@ -108,33 +109,46 @@ class Entry:
 
     reason: str
     geometry: SlideGeometry | None = None
-    runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    runs: tissue_runs.Runs | None = None
     made_by: str = ""
 
 
 def write_entry(file: str, key: str, result: sampler_lib.SlideInfo | str, made_by: str) -> None:
     """Write a slide's entry atomically (temporary file, then os.replace).
 
-    Format: one line of JSON (key, made_by, reason or geometry, run count), then the runs' start,
-    length and cum as raw little-endian int32: one read and no zip parsing when merging."""
+    Format: one line of JSON (key, made_by, reason or geometry and run count), then the runs'
+    row_ptr and row_cum (uint32, h + 1 each) and begin and end (uint16, R each), little-endian:
+    one read and no archive parsing when merging."""
     header = {"key": key, "made_by": made_by, "reason": ""}
-    runs = np.empty((3, 0), "<i4")
+    body = b""
     if isinstance(result, str):
         header["reason"] = result
     else:
-        runs = np.stack(tissue_runs.mask_to_runs(np.asarray(result.mask, bool))).astype("<i4")
+        runs = tissue_runs.mask_to_runs(np.asarray(result.mask, bool))
         header["geometry"] = dataclasses.asdict(SlideGeometry.of(result))
-        header["runs"] = runs.shape[1]
+        header["runs"] = len(runs.begin)
+        body = b"".join(
+            np.ascontiguousarray(a, dtype).tobytes()
+            for a, dtype in zip(runs, _RUN_DTYPES, strict=True)
+        )
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=".entry-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(header).encode() + b"\n")
-            f.write(runs.tobytes())
+            f.write(body)
         os.chmod(tmp, 0o644)  # shared by every user of the index directory
         os.replace(tmp, file)
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def _body_size(header: dict) -> int:
+    """Bytes of the runs an entry's header announces (0 for an unusable slide)."""
+    if header.get("reason"):
+        return 0
+    rows = int(header["geometry"]["mask_shape"][0]) + 1
+    return 8 * rows + 4 * int(header["runs"])
 
 
 def read_entry(file: str, key: str) -> Entry | None:
@@ -147,6 +161,10 @@ def read_entry(file: str, key: str) -> Entry | None:
             return None
         if header["reason"]:
             return Entry(header["reason"], made_by=header["made_by"])
+        if len(body) != _body_size(header):
+            raise ValueError(
+                f"{len(body)} bytes of runs, the header announces {_body_size(header)}"
+            )
         g = header["geometry"]
         geometry = SlideGeometry(
             int(g["width"]),
@@ -156,8 +174,12 @@ def read_entry(file: str, key: str) -> Entry | None:
             tuple(int(n) for n in g["mask_shape"]),
             float(g["mask_mpp"]),
         )
-        runs = np.frombuffer(body, "<i4").reshape(3, header["runs"])  # ValueError if truncated
-        return Entry("", geometry, (runs[0], runs[1], runs[2]), header["made_by"])
+        rows, n = geometry.mask_shape[0] + 1, int(header["runs"])
+        parts, at = [], 0
+        for count, dtype in zip((rows, rows, n, n), _RUN_DTYPES, strict=True):
+            parts.append(np.frombuffer(body, dtype, count, at))
+            at += count * np.dtype(dtype).itemsize
+        return Entry("", geometry, tissue_runs.Runs(*parts), header["made_by"])
     except FileNotFoundError:
         return None
     except _LOAD_ERRORS as e:
@@ -178,7 +200,10 @@ def entry_is_complete(file: str, key: str) -> bool:
     except (OSError, ValueError) as e:
         logger.warning("Recomputing damaged index entry %s (%s: %s)", file, type(e).__name__, e)
         return False
-    return header.get("key") == key and size == len(line) + 12 * header.get("runs", 0)
+    try:
+        return header.get("key") == key and size == len(line) + _body_size(header)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def inspect_with_cache(record: SlideRecord, tissue: TissueConfig, cache_dir: str | None):
@@ -319,7 +344,7 @@ def merge(
         if reason:
             rejected.append((record.path, reason))
             continue
-        writer.add(stored_path(record.path, root), entry.geometry, *entry.runs)
+        writer.add(stored_path(record.path, root), entry.geometry, entry.runs)
     writer.finish(rejected, root=os.path.abspath(root) if root else "", key=key)
     publish(tmp, directory)
 

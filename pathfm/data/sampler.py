@@ -298,19 +298,16 @@ class PatchSampler:
             slide = min(slide, len(index) - 1)
         choice = int(self._cum_weights[slide].searchsorted(rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
-        start, length, cum = index.runs(slide)
+        runs, tissue_pixels = index.runs(slide), int(index.tissue_pixels[slide])
         shape = int(index.mask_h[slide]), int(index.mask_w[slide])
         size = int(index.width[slide]), int(index.height[slide])
         sx, sy = size[0] / shape[1], size[1] / shape[0]
         extent = self.patch_size * mpp / float(index.mpp[slide])
         for _ in range(self.max_tries):
-            pixel = tissue_runs.pixel_of_ordinal(start, length, cum, int(rng.integers(cum[-1])))
-            row, col = divmod(pixel, shape[1])
+            row, col = tissue_runs.pixel_of_ordinal(runs, int(rng.integers(tissue_pixels)))
             cx, cy = (col + rng.random()) * sx, (row + rng.random()) * sy
-            half = extent / 2
-            frac = tissue_runs.box_fraction(
-                start, length, shape, size, cx - half, cy - half, extent
-            )
+            x0, y0 = cx - extent / 2, cy - extent / 2
+            frac = tissue_runs.box_fraction(runs, shape, size, x0, y0, extent)
             if frac >= self.min_tissue_fraction:
                 break
         return slide, mpp, (cx, cy), frac

@@ -5,10 +5,12 @@ A directory holds one raw little-endian file per column (`<name>.bin`, dtypes in
 `rejected.json` (path, reason) and `index.json` (format version, key, counts). Pickling a loaded
 index carries only its directory, so grain workers map the same pages instead of receiving copies.
 
-Columns, S slides, R runs, L levels in all:
+Columns, S slides, H mask rows, R runs, L levels in all:
 - width, height, mask_w, mask_h, tissue_pixels int64 [S]; mpp, mask_mpp float64 [S]
-- run_offset, level_offset, path_offset int64 [S + 1]: slide i's rows of the flat columns below
-- run_start, run_length, run_cum int32 [R] (see tissue_runs; cum restarts per slide)
+- row_offset, run_offset, level_offset, path_offset int64 [S + 1]: slide i's part of the flat
+  columns below
+- row_ptr, row_cum uint32 [H + S] and run_begin, run_end uint16 [R]: each slide's tissue runs
+  (tissue_runs.Runs, relative to the slide)
 - level_mpps float64 [L]; path_bytes uint8 (UTF-8 paths, relative to `root` when it is set)
 """
 
@@ -26,7 +28,7 @@ from pathfm.data import slides as slides_lib
 from pathfm.data import tissue_runs
 from pathfm.data.mask_cache import SlideInfo
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: runs by row (uint16 columns)
 SLIDE_COLUMNS = {
     "width": np.int64,
     "height": np.int64,
@@ -36,11 +38,12 @@ SLIDE_COLUMNS = {
     "mask_mpp": np.float64,
     "tissue_pixels": np.int64,
 }
-OFFSET_COLUMNS = ("run_offset", "level_offset", "path_offset")
+OFFSET_COLUMNS = ("row_offset", "run_offset", "level_offset", "path_offset")
 FLAT_COLUMNS = {
-    "run_start": np.int32,
-    "run_length": np.int32,
-    "run_cum": np.int32,
+    "row_ptr": np.uint32,
+    "row_cum": np.uint32,
+    "run_begin": np.uint16,
+    "run_end": np.uint16,
     "level_mpps": np.float64,
     "path_bytes": np.uint8,
 }
@@ -152,15 +155,17 @@ class TissueIndex:
             float(m) for m in self.level_mpps[int(self.level_lo[i]) : int(self.level_hi[i])]
         )
 
-    def runs(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, length, cum) of slide i's tissue runs (views, no copy)."""
-        lo, hi = int(self.run_lo[i]), int(self.run_hi[i])
-        return self.run_start[lo:hi], self.run_length[lo:hi], self.run_cum[lo:hi]
+    def runs(self, i: int) -> tissue_runs.Runs:
+        """Slide i's tissue runs (views of the mapped columns, no copy)."""
+        rows = slice(int(self.row_lo[i]), int(self.row_hi[i]))
+        runs = slice(int(self.run_lo[i]), int(self.run_hi[i]))
+        return tissue_runs.Runs(
+            self.row_ptr[rows], self.row_cum[rows], self.run_begin[runs], self.run_end[runs]
+        )
 
     def mask(self, i: int) -> np.ndarray:
         """Slide i's tissue mask bool [mask_h, mask_w], rebuilt from its runs."""
-        start, length, _ = self.runs(i)
-        return tissue_runs.runs_to_mask(start, length, (int(self.mask_h[i]), int(self.mask_w[i])))
+        return tissue_runs.runs_to_mask(self.runs(i), (int(self.mask_h[i]), int(self.mask_w[i])))
 
     def slide_info(self, i: int) -> SlideInfo:
         """Slide i as a SlideInfo with its full mask (for tools that want the bitmap)."""
@@ -183,7 +188,7 @@ class TissueIndex:
         writer = IndexWriter()
         for info in slides:
             runs = tissue_runs.mask_to_runs(np.asarray(info.mask, bool))
-            writer.add(info.path, SlideGeometry.of(info), *runs)
+            writer.add(info.path, SlideGeometry.of(info), runs)
         return writer.finish(rejected)
 
     def save(self, directory: str, key: str = "") -> None:
@@ -298,9 +303,7 @@ class IndexWriter:
         self,
         stored_path: str,
         geometry: SlideGeometry,
-        start: np.ndarray,
-        length: np.ndarray,
-        cum: np.ndarray,
+        runs: tissue_runs.Runs,
     ) -> None:
         """Append one usable slide: its stored path, geometry and tissue runs."""
         mask_h, mask_w = geometry.mask_shape
@@ -311,21 +314,27 @@ class IndexWriter:
             "mask_w": mask_w,
             "mask_h": mask_h,
             "mask_mpp": geometry.mask_mpp,
-            "tissue_pixels": int(cum[-1]) if len(cum) else 0,
+            "tissue_pixels": int(runs.row_cum[-1]),
         }
         for name, value in values.items():
             self._slide[name].append(value)
         path_bytes = np.frombuffer(stored_path.encode(), np.uint8)
         flat = {
-            "run_start": start,
-            "run_length": length,
-            "run_cum": cum,
+            "row_ptr": runs.row_ptr,
+            "row_cum": runs.row_cum,
+            "run_begin": runs.begin,
+            "run_end": runs.end,
             "level_mpps": np.asarray(geometry.level_mpps),
             "path_bytes": path_bytes,
         }
-        for name, lengths in (("run_offset", start), ("level_offset", geometry.level_mpps)):
-            self._counts[name].append(self._counts[name][-1] + len(lengths))
-        self._counts["path_offset"].append(self._counts["path_offset"][-1] + len(path_bytes))
+        sizes = {
+            "row_offset": len(runs.row_ptr),
+            "run_offset": len(runs.begin),
+            "level_offset": len(geometry.level_mpps),
+            "path_offset": len(path_bytes),
+        }
+        for name, size in sizes.items():
+            self._counts[name].append(self._counts[name][-1] + size)
         for name, array in flat.items():
             array = np.ascontiguousarray(array, FLAT_COLUMNS[name])
             if self._files is None:

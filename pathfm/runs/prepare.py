@@ -45,7 +45,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         "index": index.directory,
         "slides": len(index),
         "rejected": len(index.rejected),
-        "runs": len(index.run_start),
+        "runs": len(index.run_begin),
         "bytes": sum(f.stat().st_size for f in Path(index.directory).iterdir()),
     }
     if jax.process_index() == 0:

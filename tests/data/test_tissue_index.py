@@ -30,37 +30,45 @@ def _random_masks():
 
 @pytest.mark.parametrize("mask", list(_random_masks()), ids=lambda m: f"{m.shape}-{m.sum()}")
 def test_runs_are_lossless_and_give_the_kth_tissue_pixel(mask):
-    start, length, cum = tissue_runs.mask_to_runs(mask)
-    np.testing.assert_array_equal(tissue_runs.runs_to_mask(start, length, mask.shape), mask)
-    assert cum[-1:].sum() == mask.sum() and (length > 0).all()
-    assert np.all(start // mask.shape[1] == (start + length - 1) // mask.shape[1])  # one row each
+    runs = tissue_runs.mask_to_runs(mask)
+    np.testing.assert_array_equal(tissue_runs.runs_to_mask(runs, mask.shape), mask)
+    assert runs.row_cum[-1] == mask.sum() and np.all(runs.end > runs.begin)
+    np.testing.assert_array_equal(np.diff(runs.row_cum.astype(int)), mask.sum(axis=1))
     flat = np.flatnonzero(mask)
-    got = [tissue_runs.pixel_of_ordinal(start, length, cum, k) for k in range(len(flat))]
-    np.testing.assert_array_equal(got, flat)
+    got = [tissue_runs.pixel_of_ordinal(runs, k) for k in range(len(flat))]
+    assert got == [tuple(divmod(int(f), mask.shape[1])) for f in flat]
+    with pytest.raises(IndexError):
+        tissue_runs.pixel_of_ordinal(runs, len(flat))
 
 
 def test_box_fraction_by_hand():
     mask = np.array([[1, 0], [0, 0]], bool)  # 2 x 2 mask over a 20 x 20 px slide
-    runs = tissue_runs.mask_to_runs(mask)[:2]
-    frac = lambda x0, y0, e: tissue_runs.box_fraction(*runs, (2, 2), (20, 20), x0, y0, e)
+    runs = tissue_runs.mask_to_runs(mask)
+    frac = lambda x0, y0, e: tissue_runs.box_fraction(runs, (2, 2), (20, 20), x0, y0, e)
     assert frac(0, 0, 10) == 1.0  # exactly the tissue pixel
     assert frac(5, 5, 10) == 0.25  # a quarter of it
     assert frac(0, 0, 20) == 0.25
     assert frac(-10, -10, 20) == 0.25  # half outside the slide: outside counts as background
     assert frac(30, 30, 5) == 0.0
+    assert frac(10, 10, 10) == 0.0  # only background rows
 
 
 @pytest.mark.parametrize("mask", list(_random_masks())[3:], ids=["noise", "blobs"])
 def test_box_fraction_equals_the_full_mask_fraction(mask):
-    start, length, _ = tissue_runs.mask_to_runs(mask)
+    runs = tissue_runs.mask_to_runs(mask)
     width, height = mask.shape[1] * 7.3, mask.shape[0] * 7.3
     rng = np.random.default_rng(1)
     for _ in range(300):
         x0, y0 = rng.uniform(-50, width), rng.uniform(-50, height)
         extent = rng.uniform(1, 200)
         want = tissue.mask_fraction(mask, width, height, x0, y0, extent)
-        got = tissue_runs.box_fraction(start, length, mask.shape, (width, height), x0, y0, extent)
+        got = tissue_runs.box_fraction(runs, mask.shape, (width, height), x0, y0, extent)
         assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_masks_too_wide_for_uint16_columns_are_refused():
+    with pytest.raises(ValueError, match="raise mask_mpp"):
+        tissue_runs.mask_to_runs(np.zeros((1, 70_000), bool))
 
 
 # ---- The sampler against today's full-mask algorithm --------------------------------------------
@@ -154,7 +162,7 @@ def test_index_files_map_back_identical_and_the_sampler_pickles_small(slide_info
     memory.save(str(tmp_path / "index"))
     mapped = TissueIndex.load(str(tmp_path / "index"))
     assert len(mapped) == len(slide_infos) and mapped.rejected == [("gone.svs", "file not found")]
-    assert isinstance(mapped.run_start.base, np.memmap) or mapped.run_start.base is not None
+    assert isinstance(mapped.run_begin.base, np.memmap)  # mapped, not read into memory
     for i, info in enumerate(slide_infos):
         np.testing.assert_array_equal(mapped.mask(i), info.mask)
         assert mapped.path(i) == info.path and mapped.levels(i) == info.level_mpps
