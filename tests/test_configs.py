@@ -9,10 +9,12 @@ from testutil import REPO, tiny_dino_config
 
 from pathfm.config import validate
 from pathfm.errors import ConfigError
+from pathfm.runs.prepare import validate_prepare
 from pathfm.ssl.registry import build_method
 
-# Training experiments; configs/export.py (mode "export") is checked in tests/interop.
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.stem != "export")
+# Training experiments; configs/export.py (mode "export") is checked in tests/interop and
+# configs/prepare.py (mode "prepare") below.
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.stem not in ("export", "prepare"))
 
 
 def load(path, arg=None):
@@ -25,6 +27,21 @@ def load(path, arg=None):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_validates(path):
     validate(load(path), num_devices=1)
+
+
+def test_prepare_config_needs_slides_and_valid_data_keys(tmp_path):
+    config = load(REPO / "configs" / "prepare.py")
+    assert config.mode == "prepare"
+    with pytest.raises(ConfigError, match=r"config\.data\.slides"):
+        validate_prepare(config)
+    config.data.slides = str(tmp_path)
+    validate_prepare(config)
+    config.data.root = str(tmp_path / "not_there")
+    with pytest.raises(ConfigError, match=r"config\.data\.root"):
+        validate_prepare(config)
+    config.data.root, config.data.prefetch_batches = "", 1
+    with pytest.raises(ConfigError, match=r"config\.data\.prefetch_batches"):
+        validate_prepare(config)
 
 
 def test_dino_vits16_is_the_reference_vit_small():

@@ -129,6 +129,32 @@ def test_find_slides_csv_lists_every_missing_file_at_once(tmp_path):
     assert str(manifest) in message
 
 
+def test_find_slides_names_at_most_20_missing_files(tmp_path):
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text("path\n" + "".join(f"gone_{i:02d}.svs\n" for i in range(25)))
+    with pytest.raises(DataError) as e:
+        slides.find_slides(str(manifest))
+    message = str(e.value)
+    assert "25 missing" in message and "gone_19.svs" in message and "gone_20.svs" not in message
+    assert "and 5 more" in message and "data.root" in message
+
+
+def test_root_resolves_relative_manifest_paths_and_sources(tmp_path):
+    data, elsewhere = tmp_path / "mount", tmp_path / "lists"
+    _touch(data / "site_a", "one.svs")
+    _touch(data / "site_b" / "deeper", "two.tif")
+    elsewhere.mkdir()
+    rows = "path,mpp\nsite_a/one.svs,0.25\nsite_b/deeper/two.tif,\n"
+    (elsewhere / "slides.csv").write_text(rows)
+    records = slides.find_slides(str(elsewhere / "slides.csv"), root=str(data))
+    assert records == [
+        slides.SlideRecord(str(data / "site_a" / "one.svs"), 0.25),
+        slides.SlideRecord(str(data / "site_b" / "deeper" / "two.tif")),
+    ]
+    globbed = slides.find_slides("**/*.tif", root=str(data))  # relative to the root, recursive
+    assert [r.path for r in globbed] == [str(data / "site_b" / "deeper" / "two.tif")]
+
+
 def test_find_slides_csv_errors(tmp_path):
     (tmp_path / "nopath.csv").write_text("file,mpp\na.svs,0.5\n")
     with pytest.raises(DataError, match="no 'path' column"):
