@@ -319,6 +319,11 @@ def merge(
     """Merge the shard lists' entries, in record order, into the index `directory`."""
     rows = {}
     for shard in shards:
+        if not os.path.exists(shard):
+            raise DataError(
+                f"The slide list {shard} of another process is missing: put data.index_dir on "
+                "storage every process sees (a shared file system), then rerun"
+            )
         with open(shard) as f:
             rows.update({int(i): (key, reason) for i, key, reason in json.load(f)})
     missing = [records[i].path for i in range(len(records)) if i not in rows]

@@ -138,3 +138,10 @@ def test_bad_slides_are_recorded_with_their_reason_and_counted(tmp_path, synthet
         next((tmp_path / "run" / "slide_index").glob("index-*/index.json")).read_text()
     )
     assert (meta["slides"], meta["rejected"]) == (4, 3)
+
+
+def test_a_process_that_sees_no_other_shard_says_where_the_index_must_live(slide_tree, tmp_path):
+    with pytest.raises(DataError, match="storage every process sees"):
+        index_build.prepare_index(
+            _records(slide_tree), CONFIG, str(tmp_path / "index"), process_index=0, process_count=2
+        )  # process 1 wrote its shard list elsewhere (or never)
