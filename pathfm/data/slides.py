@@ -6,7 +6,6 @@ JPEG-tiled TIFF / Aperio SVS slides are read by :class:`TiffJpegSlide` (no cairo
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv
 import dataclasses
 import glob
@@ -36,7 +35,6 @@ SLIDE_EXTENSIONS = (
 )
 MPP_RANGE = (0.05, 20.0)  # plausible um/px
 LEVEL_TOLERANCE = 0.05  # a level within 5% of the target mpp counts as matching it
-_STAT_THREADS = 16
 _LISTED = 20  # missing files named in an error, at most
 
 Slide = openslide.AbstractSlide | TiffJpegSlide  # what SlideHandles.get returns
@@ -123,10 +121,7 @@ def _read_manifest(csv_path: str, root: str = "") -> list[SlideRecord]:
         raw = row["path"].strip()
         path = os.path.join(folder, os.path.expanduser(raw))
         records.append(SlideRecord(path, _parse_manifest_mpp(row.get("mpp"), csv_path, line)))
-    # One stat per row, on threads: network file systems answer many at once (423k rows).
-    with concurrent.futures.ThreadPoolExecutor(_STAT_THREADS) as pool:
-        exists = list(pool.map(os.path.isfile, [r.path for r in records], chunksize=512))
-    missing = [r.path for r, ok in zip(records, exists, strict=True) if not ok]
+    missing = [r.path for r in records if not os.path.isfile(r.path)]  # 423k rows: about 1 s
     if missing:
         listing = "\n  ".join(missing[:_LISTED])
         more = f"\n  ... and {len(missing) - _LISTED} more" if len(missing) > _LISTED else ""
