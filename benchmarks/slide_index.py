@@ -150,7 +150,7 @@ def assemble(records: list[slides.SlideRecord], directory: Path) -> None:
     writer = IndexWriter(tmp)
     for i, record in enumerate(records):
         writer.add(record.path, geometry, templates[i % TEMPLATES])
-    writer.finish()
+    writer.write()
     shutil.rmtree(directory, ignore_errors=True)
     publish(tmp, str(directory))
 

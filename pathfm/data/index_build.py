@@ -350,7 +350,7 @@ def merge(
             rejected.append((record.path, reason))
             continue
         writer.add(stored_path(record.path, root), entry.geometry, entry.runs)
-    writer.finish(rejected, root=os.path.abspath(root) if root else "", key=key)
+    writer.write(rejected, root=os.path.abspath(root) if root else "", key=key)
     publish(tmp, directory)
 
 

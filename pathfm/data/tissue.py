@@ -158,9 +158,3 @@ def mask_fraction(
         return 0.0
     covered = wy @ mask[ylo:yhi, xlo:xhi].astype(np.float64) @ wx
     return float(covered / ((extent / sx) * (extent / sy)))
-
-
-def tissue_pixels(mask: np.ndarray) -> np.ndarray:
-    """Flat indices of the True pixels of a bool [h, w] mask (int32 when they fit)."""
-    dtype = np.int32 if mask.size < 2**31 else np.int64
-    return np.flatnonzero(mask).astype(dtype)

@@ -167,14 +167,6 @@ class TissueIndex:
         """Slide i's tissue mask bool [mask_h, mask_w], rebuilt from its runs."""
         return tissue_runs.runs_to_mask(self.runs(i), (int(self.mask_h[i]), int(self.mask_w[i])))
 
-    def slide_info(self, i: int) -> SlideInfo:
-        """Slide i as a SlideInfo with its full mask (for tools that want the bitmap)."""
-        size = (int(self.width[i]), int(self.height[i]))
-        return SlideInfo(
-            self.path(i), float(self.mpp[i]), *size, self.levels(i), self.mask(i),
-            float(self.mask_mpp[i]),
-        )  # fmt: skip
-
     def tissue_areas(self) -> np.ndarray:
         """float64 [S]: um^2 of tissue per slide (tissue pixels x mask pixel area)."""
         return self.tissue_pixels * np.asarray(self.mask_mpp, np.float64) ** 2
@@ -342,21 +334,30 @@ class IndexWriter:
             else:
                 self._files[name].write(array.tobytes())
 
-    def finish(
-        self, rejected: Sequence[tuple[str, str]] = (), root: str = "", key: str = ""
-    ) -> TissueIndex:
-        """The index of the added slides; a streaming writer completes its directory and maps it."""
+    def _slide_columns(self) -> dict[str, np.ndarray]:
         columns = {n: np.asarray(v, SLIDE_COLUMNS[n]) for n, v in self._slide.items()}
         columns.update({n: np.asarray(v, np.int64) for n, v in self._counts.items()})
+        return columns
+
+    def finish(self, rejected: Sequence[tuple[str, str]] = (), root: str = "") -> TissueIndex:
+        """The in-memory index of the added slides."""
+        if self._files is not None:
+            raise ValueError("a streaming IndexWriter completes its directory with write()")
+        columns = self._slide_columns()
+        for name, parts in self._flat.items():
+            columns[name] = np.concatenate(parts) if parts else np.empty(0, FLAT_COLUMNS[name])
+        return TissueIndex(columns, rejected, root)
+
+    def write(
+        self, rejected: Sequence[tuple[str, str]] = (), root: str = "", key: str = ""
+    ) -> None:
+        """Complete a streaming writer's directory (then publish it and TissueIndex.load it)."""
         if self._files is None:
-            for name, parts in self._flat.items():
-                dtype = FLAT_COLUMNS[name]
-                columns[name] = np.concatenate(parts) if parts else np.empty(0, dtype)
-            return TissueIndex(columns, rejected, root)
+            raise ValueError("an in-memory IndexWriter has no directory; use finish()")
         for f in self._files.values():
             f.close()
+        columns = self._slide_columns()
         for name in (*SLIDE_COLUMNS, *OFFSET_COLUMNS):
             columns[name].tofile(os.path.join(self.directory, name + ".bin"))
         runs = int(columns["run_offset"][-1])
         write_meta(self.directory, rejected, root, key, len(columns["width"]), runs)
-        return TissueIndex.load(self.directory)

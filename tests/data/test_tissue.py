@@ -9,7 +9,7 @@ import openslide
 import pytest
 import tifffile
 
-from pathfm.data import sampler, slides, tissue
+from pathfm.data import sampler, slides, tissue, tissue_runs
 from pathfm.errors import ConfigError
 
 CMU = pathlib.Path("/work/shared/test-slides/CMU-1-Small-Region.svs")
@@ -150,4 +150,6 @@ def test_mask_fraction():
     assert tissue.mask_fraction(mask, 200, 100, 0, 0, 50) == 1.0
     assert tissue.mask_fraction(mask, 200, 100, 75, 0, 50) == pytest.approx(0.5)
     assert tissue.mask_fraction(mask, 200, 100, 300, 0, 50) == 0.0
-    assert list(tissue.tissue_pixels(mask[:2, :12])) == [*range(10), *range(12, 22)]
+    runs = tissue_runs.mask_to_runs(mask[:2, :12])  # tissue pixels in row-major order
+    flat = [r * 12 + c for r, c in (tissue_runs.pixel_of_ordinal(runs, k) for k in range(20))]
+    assert flat == [*range(10), *range(12, 22)]
