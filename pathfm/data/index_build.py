@@ -383,10 +383,8 @@ def prepare_index(
     if os.path.exists(os.path.join(directory, INDEX_FILE)):
         report.seconds = time.perf_counter() - t0
         return report
-    entries_dir, work_dir = (
-        os.path.join(index_dir, "entries"),
-        os.path.join(index_dir, f"work-{key}"),
-    )
+    entries_dir = os.path.join(index_dir, "entries")
+    work_dir = os.path.join(index_dir, f"work-{key}")
     os.makedirs(entries_dir, exist_ok=True)
     os.makedirs(work_dir, exist_ok=True)
     inspect = inspect or functools.partial(
@@ -404,10 +402,7 @@ def prepare_index(
     os.replace(shard + ".tmp", shard)
     barrier(f"pathfm-index-entries-{key}")
     if process_index == 0:
-        shards = [
-            os.path.join(work_dir, f"shard-{p}-of-{process_count}.json")
-            for p in range(process_count)
-        ]
+        shards = [shard_file(work_dir, p, process_count) for p in range(process_count)]
         merge(records, shards, entries_dir, directory, key, root)
         report.built = True
     barrier(f"pathfm-index-merged-{key}")
