@@ -85,6 +85,18 @@ def parse_args(argv: list[str]):
     return config, fv
 
 
+def _own(workdir: str, argv: list[str]) -> None:
+    """Create the workdir and take its lock (process 0 of a multi-process run holds it for all)."""
+    import jax
+
+    from pathfm.runs.workdir import lock_workdir
+
+    if jax.process_index() == 0:
+        lock_workdir(workdir, " ".join(argv))
+    else:
+        os.makedirs(workdir, exist_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     config, fv = parse_args(argv)
@@ -111,21 +123,21 @@ def main(argv: list[str] | None = None) -> int:
             from pathfm.evaluation.run import evaluate, validate_eval
 
             validate_eval(config)
-            os.makedirs(workdir, exist_ok=True)
+            _own(workdir, argv)
             evaluate(config, workdir)
             return 0
         if config.mode == "evaluate_mil":
             from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
 
             validate_mil(config)
-            os.makedirs(workdir, exist_ok=True)
+            _own(workdir, argv)
             evaluate_mil(config, workdir)
             return 0
         if config.mode == "prepare":
             from pathfm.runs.prepare import prepare, validate_prepare
 
             validate_prepare(config)
-            os.makedirs(workdir, exist_ok=True)
+            _own(workdir, argv)
             prepare(config, workdir)
             return 0
         validate(config, num_devices=jax.device_count())
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.mode == "pretrain":
             from pathfm.train.loop import train
 
-            os.makedirs(workdir, exist_ok=True)
+            _own(workdir, argv)
             train(config, workdir)
     except PathfmError as e:
         fail(str(e), e.exit_code)

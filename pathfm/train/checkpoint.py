@@ -41,7 +41,16 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self.directory = Path(directory).absolute()
         self.damaged_dir = self.directory.with_name(self.directory.name + "_damaged")
+        if multihost.process_index() == 0:
+            self._remove_unfinished()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def _remove_unfinished(self) -> None:
+        """Delete saves a killed run left half-written (`N.orbax-checkpoint-tmp*`): orbax never
+        lists them, and no run can finish them (the workdir lock keeps other runs out)."""
+        for leftover in sorted(self.directory.glob("*.orbax-checkpoint-tmp*")):
+            log.warning("removing the unfinished save %s left by an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -28,8 +28,8 @@ from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.dashboard import Dashboard
-from pathfm.train.metrics_log import MetricsLog
-from pathfm.train.preemption import PreemptionWatch
+from pathfm.train.metrics_log import MetricsLog, archive_records
+from pathfm.train.preemption import PreemptionWatch, signals_deferred
 from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
@@ -156,6 +156,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         start, state = restored
         log.info("resumed from step %d", start)
     embed = jax.jit(method.embed, out_shardings=parallel.replicated(mesh))
+    if start == 0 and is_main:  # a restart from scratch: the old records are kept aside
+        archive_records([workdir / "metrics.jsonl", workdir / "tensorboard"])
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
     dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
@@ -215,6 +217,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                     checkpointer.save(done, state, data_iter)
                     nonfinite.last_good_checkpoint = done
                 if preempted:
+                    with signals_deferred():
+                        checkpointer.wait()  # committed before anyone is told it is saved
                     log.warning(
                         "preempted: saved checkpoint %d; rerun the same command to resume", done
                     )
@@ -224,5 +228,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     finally:
         bar.close()
         dashboard.close()
-        checkpointer.close()  # commits saves in flight: the last good one before a stop
+        with signals_deferred():  # a second TERM must not cut the commit short
+            checkpointer.close()  # commits saves in flight: the last good one before a stop
     return last

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,14 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def archive_records(paths: Iterable[str | Path]) -> None:
+    """Move each existing file or folder to `<name>.<YYYYmmdd-HHMMSS>` beside it: a run that
+    restarts from step 0 starts clean records and keeps the old ones."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in map(Path, paths):
+        if path.exists():
+            target = path.with_name(f"{path.name}.{stamp}")
+            path.rename(target)
+            log.warning("restarting from step 0: kept the previous %s as %s", path.name, target)

@@ -77,6 +77,7 @@ def test_a_save_killed_midway_is_never_listed(tmp_path):
     (directory / "4").rename(directory / "4.orbax-checkpoint-tmp")  # what a kill leaves behind
     _, (step, _), next_item = _restore(directory)
     assert step == 2 and next_item == 2
+    assert not (directory / "4.orbax-checkpoint-tmp").exists()  # removed at start, not kept forever
 
 
 def test_no_restorable_checkpoint_means_a_fresh_start(tmp_path):
