@@ -42,6 +42,14 @@ def _env(tmp_path):
     return env
 
 
+def _launch(workdir, slides, tmp_path) -> subprocess.Popen:
+    """A tiny training run in the background; its stderr is a text pipe."""
+    return subprocess.Popen(
+        _cmd(workdir, slides), cwd=REPO, env=_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def _wait(condition, proc, timeout=300):
     deadline = time.time() + timeout
     while not condition() and proc.poll() is None and time.time() < deadline:
@@ -67,10 +75,7 @@ def test_the_lock_names_its_holder_and_is_released_when_the_process_ends(tmp_pat
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_stops_at_once(tmp_path, synthetic_slide_dir):
     workdir = tmp_path / "run"
-    first = subprocess.Popen(
-        _cmd(workdir, synthetic_slide_dir), cwd=REPO, env=_env(tmp_path),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    first = _launch(workdir, synthetic_slide_dir, tmp_path)
     _wait(lambda: (workdir / "metrics.jsonl").exists(), first)
     first.send_signal(signal.SIGSTOP)  # mid-run however slow the second one starts
     try:
@@ -92,10 +97,7 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once(tmp_path, synthetic_slide_
 @pytest.mark.slow
 def test_a_second_sigterm_cannot_lose_the_checkpoint(tmp_path, synthetic_slide_dir):
     workdir = tmp_path / "run"
-    run = subprocess.Popen(
-        _cmd(workdir, synthetic_slide_dir), cwd=REPO, env=_env(tmp_path),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = _launch(workdir, synthetic_slide_dir, tmp_path)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
     reader.start()
