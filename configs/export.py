@@ -1,10 +1,11 @@
 """Export a training run's backbone as a timm ViT (safetensors, .pth, JSON, hubconf.py).
 
     python -m pathfm.main --config configs/export.py \
-        --config.checkpoint_dir=runs/quickstart --config.output=exports/quickstart
+        --config.checkpoint=runs/quickstart --config.output=exports/quickstart
 
-Keys: `checkpoint_dir` (the run's --workdir), `output`, `step` (0 = newest), `backbone` ("" =
-teacher / MAE encoder, or "student"), `formats`. See docs/interop.md.
+Keys: `checkpoint` (the run's --workdir; `checkpoint_dir` is accepted as an alias), `output`,
+`step` (0 = the newest that reads), `backbone` ("" = teacher / MAE encoder, or "student"),
+`formats`. See docs/interop.md.
 """
 
 from pathfm.interop.export_run import export_config

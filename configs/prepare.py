@@ -11,8 +11,9 @@ training run will use: the index is keyed by them. Launch it like training (SLUR
 from pathfm.config import base_config
 
 
-def get_config(arg=None):
-    del arg
+def get_config(arg: str | None = None):
+    if arg:
+        raise ValueError(f"unknown config argument {arg!r}; this config takes none")
     config = base_config()
     config.mode = "prepare"
     return config

@@ -14,6 +14,8 @@ from pathfm.config import base_config
 
 
 def get_config(arg: str | None = None):
+    if arg:
+        raise ValueError(f"unknown config argument {arg!r}; this config takes none")
     c = base_config()
     c.epochs = 10
     c.steps_per_epoch = 30  # 300 steps

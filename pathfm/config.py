@@ -142,6 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
     c.data.read_threads = 4  # threads per process assembling batches (<= prefetch_batches)
     c.data.prefetch_batches = 4  # batches read ahead per process (bounds host memory)
+    c.data.dedupe = True  # a slide listed twice counts once (False: listing again weights it)
     c.data.root = ""  # folder relative slide paths are resolved against (and stored under)
     c.data.index_dir = ""  # prepared slide index (docs/data.md); "" = <workdir>/slide_index
     c.data.prepare_workers = 0  # processes preparing the index; 0 = one per local core
@@ -253,6 +254,10 @@ def dinov2_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config.{key}: {message}")
@@ -320,6 +325,12 @@ def _check_speed_options(m: ml_collections.ConfigDict) -> None:
 def validate_data(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first invalid `data.*` value (training and preparation)."""
     d = c.data
+    for key in ("mpps", "mpp_weights"):
+        _require(
+            isinstance(d[key], tuple | list) and all(_is_number(v) for v in d[key]),
+            f"data.{key}",
+            f"expected numbers, e.g. --config.data.{key}='(0.5, 1.0)', got {d[key]!r}",
+        )
     _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
     _require(
         not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
@@ -376,8 +387,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.on_nonfinite in ("stop", "skip"), "on_nonfinite", "use 'stop' or 'skip'")
     _check_mesh(c.mesh, num_devices)
     m = c.model
+    sizes = ", ".join([*VIT_SIZES, *SIZE_ALIASES])
     _require(
-        m.size in VIT_SIZES or m.size in SIZE_ALIASES, "model.size", f"unknown size {m.size!r}"
+        m.size in VIT_SIZES or m.size in SIZE_ALIASES,
+        "model.size",
+        f"unknown size {m.size!r}; use one of {sizes}",
     )
     _require(m.dtype in ("float32", "bfloat16"), "model.dtype", "use float32 or bfloat16")
     _require(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
@@ -389,6 +403,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             cr[key] % m.patch_size == 0,
             f"crops.{key}",
             f"{cr[key]} must be a multiple of model.patch_size ({m.patch_size})",
+        )
+    for key in ("global_size", "local_size"):  # a crop is cut from the data.patch_size read
+        _require(
+            cr[key] <= c.data.patch_size,
+            f"crops.{key}",
+            f"{cr[key]} px is larger than the {c.data.patch_size} px read per sample "
+            f"(data.patch_size): every crop would be upsampled; raise data.patch_size to "
+            f"{cr[key]} or more, or lower crops.{key}",
         )
     for key in ("global_scale", "local_scale"):
         lo, hi = cr[key]

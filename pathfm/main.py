@@ -9,14 +9,27 @@ unknown key or an invalid value stops with one message and exit code 2 before an
 
 from __future__ import annotations
 
-import logging
 import os
+import re
+import shutil
 import sys
+from pathlib import Path
 
 from absl import flags
 from ml_collections import config_flags
 
+from pathfm import distributed
+from pathfm.config import validate
+from pathfm.data.slides import find_slides
 from pathfm.errors import PathfmError
+from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
+from pathfm.evaluation.run import evaluate, validate_eval
+from pathfm.interop.export_run import export_run, validate_export
+from pathfm.runs.console import LOG_FILE, Console
+from pathfm.runs.prepare import prepare, validate_prepare
+from pathfm.runs.resume import check_same_run, record_changes
+from pathfm.runs.workdir import lock_workdir
+from pathfm.train.loop import train
 
 USAGE = "usage: python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR"
 
@@ -42,6 +55,10 @@ def _define_flags() -> flags.FlagValues:
         "host:port of process 0 (explicit multi-process launch)",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "verbose", False, "print library tracebacks too (they always go to the log file)",
+        flag_values=fv,
+    )  # fmt: skip
     flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=fv)
     flags.DEFINE_integer(
         "process_id", None, "this process's index, 0..num_processes-1", flag_values=fv
@@ -53,6 +70,43 @@ def fail(message: str, code: int = 2) -> None:
     """Print one clear error and exit with `code` (2: bad input)."""
     print(f"pathfm: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _override(argv: list[str], key: str) -> str:
+    """The `--config.<...>` argument that names `key` (its last component), or the key."""
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and name.split(".")[-1] == key:
+            return arg
+    return key
+
+
+def flag_error_message(error: Exception, argv: list[str]) -> str:
+    """One line for a command-line error from absl/ml_collections (whose messages hold reprs,
+    tracebacks or a did-you-mean on a second line)."""
+    chain, seen = [], error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    innermost = chain[-1]
+    suggestion = next(
+        (m.group(1) for e in chain if (m := re.search(r'Did you mean "([^"]+)"', str(e)))), None
+    )
+    if isinstance(innermost, KeyError):  # an unknown key in a --config.<key> override
+        key = str(innermost.args[0]) if innermost.args else "?"
+        arg = _override(argv, key)
+        name = arg.split("=", 1)[0].removeprefix("--")
+        hint = (
+            f"; did you mean {name.rsplit('.', 1)[0]}.{suggestion}?"
+            if suggestion
+            else "; see pathfm/config.py for the keys"
+        )
+        return f"unknown config key {name} ({arg}){hint}"
+    text = str(error)
+    if "Error whilst parsing config file" in text:
+        config_arg = text.split(":", 1)[0].removeprefix("flag ")
+        return f"{config_arg}: {str(innermost).strip().splitlines()[-1]}"
+    return " ".join(str(error).split())
 
 
 def parse_args(argv: list[str]):
@@ -76,8 +130,7 @@ def parse_args(argv: list[str]):
         fv(argv)
         config = fv.config
     except Exception as e:  # absl/ml_collections raise several types; all mean a bad flag
-        message = str(e).replace("\n", " ").strip()
-        fail(f"bad command line: {message}\n{USAGE}")
+        fail(f"{flag_error_message(e, argv)}\n{USAGE}")
     if not fv.workdir and config.get("mode") != "export":  # an export writes to config.output
         fail(f"--workdir is required\n{USAGE}")
     if fv.coordinator_address and (fv.num_processes is None or fv.process_id is None):
@@ -85,74 +138,99 @@ def parse_args(argv: list[str]):
     return config, fv
 
 
-def _own(workdir: str, argv: list[str]) -> None:
-    """Create the workdir and take its lock (process 0 of a multi-process run holds it for all)."""
+class Run:
+    """One command's workdir: taken (locked, logged to) only after validation; a run that fails
+    before training starts removes a workdir it created, keeping a slide index it prepared."""
+
+    def __init__(self, workdir: str | None, console: Console, command: str):
+        self.workdir = Path(workdir) if workdir else None
+        self.console, self.command = console, command
+        self.created = False
+
+    def own(self) -> None:
+        """Create and lock the workdir (process 0 holds the lock for all) and log into it."""
+        import jax
+
+        self.created = not self.workdir.exists()
+        process = jax.process_index()
+        if process == 0:
+            lock_workdir(self.workdir, self.command)
+        else:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        name = LOG_FILE if process == 0 else f"pathfm.process{process}.log"
+        self.console.open_log(self.workdir / name, self.command)
+
+    def discard_unstarted(self) -> None:
+        """After a failure before any record was written: remove what this run created."""
+        if not (self.created and self.workdir.is_dir()) or (self.workdir / "config.json").exists():
+            return
+        index_entries = self.workdir / "slide_index" / "entries"
+        kept = []
+        for item in self.workdir.iterdir():
+            if (
+                item.name == "slide_index"
+                and index_entries.is_dir()
+                and any(index_entries.iterdir())
+            ):
+                kept.append(item)  # prepared slides: the next run reuses them
+            elif item.is_dir():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+        if not kept:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_mode(config, workdir: str | None, run: Run) -> None:
+    """Validates `config` for its mode, then runs it; nothing is written before validation."""
     import jax
 
-    from pathfm.runs.workdir import lock_workdir
-
+    if config.mode == "export":
+        validate_export(config)
+        description = export_run(config)
+        print(f"pathfm: wrote {description['timm_name']} to {config.output} (docs/interop.md)")
+        return
+    if config.mode == "evaluate":
+        validate_eval(config)
+        run.own()
+        evaluate(config, workdir)
+        return
+    if config.mode == "evaluate_mil":
+        validate_mil(config)
+        run.own()
+        evaluate_mil(config, workdir)
+        return
+    if config.mode == "prepare":
+        validate_prepare(config)
+        run.own()
+        prepare(config, workdir)
+        return
+    validate(config, num_devices=jax.device_count())
+    if config.data.slides:
+        find_slides(config.data.slides, config.data.root)  # a missing folder or file stops here
+    changes = check_same_run(config, workdir)  # a refused rerun writes nothing
+    run.own()
     if jax.process_index() == 0:
-        lock_workdir(workdir, " ".join(argv))
-    else:
-        os.makedirs(workdir, exist_ok=True)
+        record_changes(workdir, changes)
+    train(config, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
+    verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv)
+    console = Console(verbose)
     config, fv = parse_args(argv)
-    workdir = fv.workdir
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    import jax
-
-    from pathfm import distributed
-    from pathfm.config import validate
-
+    command = " ".join(argv)
+    run = Run(fv.workdir, console, command)
     distributed.initialize(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)
     try:
-        if config.mode == "export":
-            from pathfm.interop.export_run import export_run, validate_export
-
-            validate_export(config)
-            description = export_run(config)
-            print(f"pathfm: wrote {description['timm_name']} to {config.output} (docs/interop.md)")
-            return 0
-        if config.mode == "evaluate":
-            from pathfm.evaluation.run import evaluate, validate_eval
-
-            validate_eval(config)
-            _own(workdir, argv)
-            evaluate(config, workdir)
-            return 0
-        if config.mode == "evaluate_mil":
-            from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
-
-            validate_mil(config)
-            _own(workdir, argv)
-            evaluate_mil(config, workdir)
-            return 0
-        if config.mode == "prepare":
-            from pathfm.runs.prepare import prepare, validate_prepare
-
-            validate_prepare(config)
-            _own(workdir, argv)
-            prepare(config, workdir)
-            return 0
-        validate(config, num_devices=jax.device_count())
-        if config.data.slides:
-            from pathfm.data.slides import find_slides
-
-            # a missing folder or file stops before any write
-            find_slides(config.data.slides, config.data.root)
-        if config.mode == "pretrain":
-            from pathfm.train.loop import train
-
-            _own(workdir, argv)
-            train(config, workdir)
+        run_mode(config, fv.workdir, run)
     except PathfmError as e:
-        fail(str(e), e.exit_code)
+        if config.mode in ("pretrain", "evaluate", "evaluate_mil"):
+            run.discard_unstarted()
+        fail(*console.failure(e, command))
+    except Exception as e:  # every failure ends with one line; its traceback goes to the log
+        fail(*console.failure(e, command))
     return 0
 
 

@@ -11,35 +11,19 @@ import threading
 import time
 
 import pytest
-from testutil import REPO, tiny_dino_config
+from testutil import REPO, cli_command, cli_env, tiny_dino_config
 
 from pathfm.runs.workdir import LOCK_FILE, WorkdirBusy, lock_workdir
 from pathfm.train.loop import train
 from pathfm.train.metrics_log import read_metrics
 
-TINY = [
-    "--config.epochs=1", "--config.steps_per_epoch=40", "--config.batch_size=8",
-    "--config.log_every_steps=1", "--config.checkpoint.every_steps=100",
-    "--config.model.embed_dim=32", "--config.model.depth=1", "--config.model.num_heads=2",
-    "--config.dino.out_dim=64", "--config.dino.hidden_dim=32", "--config.dino.bottleneck_dim=16",
-    "--config.monitor.every_steps=0", "--config.crops.n_local=2", "--config.optim.warmup_epochs=0",
-    "--config.dino.warmup_teacher_temp_epochs=0",
-]  # fmt: skip
-
 
 def _cmd(workdir, slides):
-    return [
-        sys.executable, "-m", "pathfm.main", "--config", "configs/quickstart.py",
-        "--workdir", str(workdir), f"--config.data.slides={slides}", *TINY,
-    ]  # fmt: skip
+    return cli_command(workdir, slides)
 
 
 def _env(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path.parent / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
+    return cli_env(tmp_path.parent / "jax_cache")
 
 
 def _launch(workdir, slides, tmp_path) -> subprocess.Popen:

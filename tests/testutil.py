@@ -1,5 +1,8 @@
 """Paths and loaders shared by the tests."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,38 @@ def random_dino_batch(config, seed=0):
             0, 256, (b, cr.n_local, cr.local_size, cr.local_size, 3), np.uint8
         ),
     }
+
+
+# A quick-start run shrunk to seconds: the CLI tests start it as a user would.
+TINY_CLI = [
+    "--config.epochs=1", "--config.steps_per_epoch=40", "--config.batch_size=8",
+    "--config.log_every_steps=1", "--config.checkpoint.every_steps=100",
+    "--config.model.embed_dim=32", "--config.model.depth=1", "--config.model.num_heads=2",
+    "--config.dino.out_dim=64", "--config.dino.hidden_dim=32", "--config.dino.bottleneck_dim=16",
+    "--config.monitor.every_steps=0", "--config.crops.n_local=2", "--config.optim.warmup_epochs=0",
+    "--config.dino.warmup_teacher_temp_epochs=0",
+]  # fmt: skip
+
+
+def cli_command(workdir, slides, *extra: str, config: str = "configs/quickstart.py") -> list[str]:
+    """`python -m pathfm.main` of a tiny quick-start run on `slides` (extra keys override)."""
+    return [
+        sys.executable, "-m", "pathfm.main", "--config", config, "--workdir", str(workdir),
+        f"--config.data.slides={slides}", *TINY_CLI, *extra,
+    ]  # fmt: skip
+
+
+def cli_env(cache_dir) -> dict[str, str]:
+    """The environment of a CLI subprocess: one CPU device, a shared compilation cache."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def run_cli(args: list[str], cache_dir, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m pathfm.main ...` (full argv in `args`) in the repository; text output."""
+    return subprocess.run(
+        args, cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True, timeout=timeout
+    )

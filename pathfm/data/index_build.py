@@ -45,7 +45,7 @@ from pathfm.data.tissue_index import (
     TissueIndex,
     publish,
 )
-from pathfm.errors import DataError
+from pathfm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +420,18 @@ def check_usable(
     if rejected and on_bad_slide == "error":
         path, reason = rejected[0]
         raise DataError(f"Slide {path} is unusable: {reason}.")
+    coarse = index.too_coarse_mpps
+    if len(index) == 0 and len(coarse) and len(coarse) == len(rejected):
+        values, counts = np.unique(np.round(coarse, 3), return_counts=True)
+        listed = ", ".join(
+            f"{v:g} um/px ({n} slide{'s' if n > 1 else ''})"
+            for v, n in zip(values, counts, strict=True)
+        )
+        raise ConfigError(
+            f"config.data.mpps: every requested resolution is finer than the slides scanned "
+            f"(up to {index.max_mpp:g} um/px asked; the slides' level-0 resolutions: {listed}). "
+            f"Use data.mpps of {values.min():g} um/px or coarser, or add slides scanned finer"
+        )
     if len(index) == 0:
         raise DataError(
             f"None of the {n_records} slide(s) is usable; fix or replace them:\n" + reasons

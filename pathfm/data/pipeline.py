@@ -23,7 +23,7 @@ from pathfm.data import index_build
 from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
-from pathfm.data.slides import find_slides
+from pathfm.data.slides import SlideRecord, duplicates, find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
@@ -57,6 +57,26 @@ def tissue_config(config: ml_collections.ConfigDict) -> TissueConfig:
     return TissueConfig.from_mapping(config.data)
 
 
+def drop_duplicates(records: list[SlideRecord], dedupe: bool) -> list[SlideRecord]:
+    """`records` without repeated slides (`data.dedupe`, with a warning), or as listed."""
+    repeated = duplicates(records)
+    if not repeated:
+        return records
+    examples = ", ".join(records[i].path for i in repeated[:3])
+    if not dedupe:
+        logger.warning(
+            "%d slide(s) are listed more than once (e.g. %s) and are drawn that much more "
+            "often (data.dedupe=False)", len(repeated), examples,
+        )  # fmt: skip
+        return records
+    logger.warning(
+        "%d repeated slide(s) left out (e.g. %s): each slide counts once; set "
+        "data.dedupe=False to weight a slide by listing it again", len(repeated), examples,
+    )  # fmt: skip
+    drop = set(repeated)
+    return [r for i, r in enumerate(records) if i not in drop]
+
+
 def build_slide_index(
     config: ml_collections.ConfigDict,
     source: str,
@@ -71,7 +91,7 @@ def build_slide_index(
     directory it is built in memory. Bad slides are skipped and recorded; too many of them stop
     the run before training (unless `stop_on_bad` is False: preparation only reports them)."""
     d = config.data
-    records = find_slides(source, d.root)
+    records = drop_duplicates(find_slides(source, d.root), d.dedupe)
     # The index's per-slide entries hold each mask losslessly in about a tenth of a bitmap's bytes,
     # so the bitmap mask cache is used only where one is named (e.g. shared with evaluation).
     cache_dir = d.mask_cache_dir or None

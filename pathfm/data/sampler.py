@@ -237,8 +237,10 @@ class PatchSampler:
         )
 
     def _reset_process_state(self) -> None:
-        """Empty per-process state: slide handles and the LRU of decoded pool patches."""
+        """Empty per-process state: slide handles, the LRU of decoded pool patches and the read
+        errors already warned about."""
         self._handles: slides_lib.SlideHandles | None = None
+        self._warned: set[tuple[str, str]] = set()  # (slide, error type): one warning each
         self._patches: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -264,7 +266,7 @@ class PatchSampler:
             )
         self._cum_weights = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
 
-    _PROCESS_STATE = ("_handles", "_patches", "_lock")
+    _PROCESS_STATE = ("_handles", "_patches", "_lock", "_warned")
     _TABLES = ("_cum_weights", "tissue_areas", "slide_probs", "_cum_slides")
 
     def __getstate__(self) -> dict:
@@ -348,6 +350,19 @@ class PatchSampler:
             image = image.copy()
         return image
 
+    def _warn_once(self, path: str, error: Exception) -> None:
+        """A warning for the first read error of each kind in each slide (per process); later
+        ones are only counted (the `read_errors` of each sample, summed by the training log)."""
+        key = (path, type(error).__name__)
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(
+            "Read error in slide %s: %s: %s (further %s errors of this slide are counted in "
+            "read_errors_total, not printed)", path, key[1], error, key[1],
+        )  # fmt: skip
+
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One sample: image uint8 [P, P, 3], slide, level-0 x/y, mpp, tissue, read_errors."""
         errors = 0
@@ -361,9 +376,7 @@ class PatchSampler:
             except READ_ERRORS as e:
                 errors += 1
                 self.handles.discard(path)
-                logger.warning(
-                    "Read error %d in slide %s: %s: %s", errors, path, type(e).__name__, e
-                )
+                self._warn_once(path, e)
                 if errors >= self.max_tries:
                     raise DataError(
                         f"{errors} patch reads failed in a row (last: slide {path}: {e}); "

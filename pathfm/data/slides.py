@@ -54,8 +54,8 @@ class SlideRecord:
 
 
 def find_slides(source: str, root: str = "") -> list[SlideRecord]:
-    """List slides from a directory (non-recursive), a glob pattern (`**` recurses) or a .csv
-    manifest.
+    """List slides from a directory (non-recursive), a glob pattern (`**` recurses), a .csv
+    manifest or one slide file.
 
     With `root`, a relative source and a manifest's relative paths are resolved against it
     (data mounted elsewhere: change the root, keep the manifest); without, a manifest's relative
@@ -74,12 +74,27 @@ def find_slides(source: str, root: str = "") -> list[SlideRecord]:
                 f"{', '.join(SLIDE_EXTENSIONS)}); {_SOURCE_HINT}."
             )
         return [SlideRecord(p) for p in paths]
+    if os.path.isfile(source):  # one slide
+        return [SlideRecord(source)]
     if not glob.has_magic(source):
         raise DataError(f"Slide source {source} does not exist; {_SOURCE_HINT}.")
     paths = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))  # ** recurses
     if not paths:
         raise DataError(f"Glob pattern {source} matches no files; {_SOURCE_HINT}.")
     return [SlideRecord(p) for p in paths]
+
+
+def duplicates(records: Sequence[SlideRecord]) -> list[int]:
+    """Positions of records whose slide (by absolute, normalised path) came earlier in the list:
+    a manifest that names a slide twice would draw it twice as often."""
+    seen: set[str] = set()
+    repeated = []
+    for i, record in enumerate(records):
+        key = os.path.normcase(os.path.abspath(record.path))
+        if key in seen:
+            repeated.append(i)
+        seen.add(key)
+    return repeated
 
 
 def _manifest_rows(csv_path: str, columns: Sequence[str] = ("path",)) -> list[tuple[int, dict]]:

@@ -88,6 +88,11 @@ def _region_from_json(r: dict[str, Any]) -> Region:
     return Region(str(r["label"]), box)  # type: ignore[arg-type]
 
 
+def has_annotation(slide_path: str | os.PathLike[str]) -> bool:
+    """Whether the slide has a synthetic slide's sidecar ``<stem>.json`` (its tissue regions)."""
+    return Path(slide_path).with_suffix(".json").is_file()
+
+
 def load_annotation(slide_path: str | os.PathLike[str]) -> SlideAnnotation:
     """Read the sidecar ``<stem>.json`` of a synthetic slide (``path`` is set to ``slide_path``)."""
     sidecar = Path(slide_path).with_suffix(".json")

@@ -116,8 +116,10 @@ class TissueIndex:
         slide_columns = {**{n: columns[n] for n in SLIDE_COLUMNS}, **bounds}
         mpp = np.asarray(columns["mpp"])
         keep = None if max_mpp is None else np.flatnonzero(~(mpp > max_mpp * (1 + _TOL)))
+        self.too_coarse_mpps = np.zeros(0)  # level-0 um/px of the slides left out by max_mpp
         if keep is not None and len(keep) < len(mpp):
             dropped = np.setdiff1d(np.arange(len(mpp)), keep)
+            self.too_coarse_mpps = mpp[dropped].astype(np.float64)
             rejected += [
                 (self._path(columns, int(i)), too_coarse(mpp[i], max_mpp)) for i in dropped
             ]

@@ -25,7 +25,7 @@ from pathfm import parallel
 from pathfm.config import config_from_json
 from pathfm.errors import DataError
 from pathfm.ssl.registry import build_method
-from pathfm.train.checkpoint import load_state
+from pathfm.train.checkpoint import load_weights
 
 
 def default_backbone(config: ml_collections.ConfigDict) -> str:
@@ -70,11 +70,12 @@ class FeatureExtractor:
 def load_extractor(
     workdir: str | Path, which: str | None = None, step: int | None = None, mesh: Mesh = None
 ) -> FeatureExtractor:
-    """The backbone of a training run's checkpoint (the newest step by default; the teacher for
-    DINO/DINOv2, the encoder for MAE unless `which` says otherwise)."""
+    """The backbone of a training run's checkpoint: the newest readable step by default (weights
+    only, no optimiser state); the teacher for DINO/DINOv2, the encoder for MAE unless `which`
+    says otherwise."""
     workdir = Path(workdir)
     config = config_from_json(workdir / "config.json")
-    step, state = load_state(workdir / "checkpoints", step)
+    step, state = load_weights(workdir / "checkpoints", step)
     which = which or default_backbone(config)
     mesh = mesh or parallel.make_mesh(-1, 1)
     return FeatureExtractor(config, which, state["params"], state["extra"], step, mesh)

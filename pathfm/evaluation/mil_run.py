@@ -31,6 +31,7 @@ from pathfm.evaluation import run as patch_run
 from pathfm.evaluation.mil import GMAConfig, cross_validate
 from pathfm.evaluation.slide_features import extract_slide_features, load_slide_features
 from pathfm.evaluation.synthetic_slide_task import synthetic_slide_task
+from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 
 log = logging.getLogger("pathfm")
 FEATURES = ("cls", "mean_patch", "cls+mean_patch")
@@ -38,7 +39,7 @@ FEATURES = ("cls", "mean_patch", "cls+mean_patch")
 
 def mil_config() -> ml_collections.ConfigDict:
     """Every key of a slide-level MIL run, with Campanella et al.'s defaults."""
-    c = patch_run.checkpoint_config()
+    c = checkpoint_keys()
     c.mode = "evaluate_mil"
     c.manifest = ""  # CSV: path, <label_column>[, mpp]; "" = the synthetic tumour-detection task
     c.label_column = "label"
@@ -58,7 +59,7 @@ def mil_config() -> ml_collections.ConfigDict:
 
 def validate_mil(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first bad key, before any work."""
-    patch_run.validate_checkpoint_keys(config)
+    resolve_checkpoint_keys(config)
     if config.manifest and not Path(config.manifest).is_file():
         raise ConfigError(
             f"config.manifest: {config.manifest} does not exist; pass a CSV with a 'path' and a "

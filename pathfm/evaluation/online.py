@@ -5,16 +5,20 @@ labelled patch set, scored on the current teacher's CLS embeddings every `monito
 slides (`pathfm.evaluation.synthetic_task`); any patch data set name (`crc`, `bach`, ...) with
 `monitor.online_root` reads that data set instead (its first `monitor.online_max_per_split`
 images per split). Logged as `online_knn_balanced_accuracy` and, with "linear_probe" in
-`monitor.online_protocols`, `online_probe_balanced_accuracy`.
+`monitor.online_protocols`, `online_probe_balanced_accuracy`. A run on real slides with the
+synthetic task (e.g. the quick start with `data.slides`) has no online task (`online_task`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 
+from pathfm.data.slides import find_slides
+from pathfm.data.synthetic import has_annotation
 from pathfm.errors import ConfigError
 from pathfm.evaluation import metrics
 from pathfm.evaluation.datasets import load_dataset
@@ -25,6 +29,25 @@ from pathfm.evaluation.synthetic_task import synthetic_patch_task
 PROTOCOLS = ("knn", "linear_probe")
 # A short probe: the online number tracks progress; the full eva protocol runs offline.
 ONLINE_PROBE = LinearProbeConfig(max_steps=1000, patience_steps=250, eval_every=50, seeds=(0,))
+
+
+def online_task(config: ml_collections.ConfigDict, slide_source: str) -> tuple[str, str]:
+    """(the online task a run scores, why it is off when it is ""). "synthetic" without
+    `monitor.online_root` scores the run's own slides, which needs their tissue annotations: on
+    slides without them (the user's own) it is off, so the quick start trains on real slides as
+    it is."""
+    m = config.monitor
+    if m.online_task == "synthetic" and not m.online_root:
+        records = find_slides(slide_source, config.data.root)
+        unlabelled = [r.path for r in records if not has_annotation(r.path)]
+        if unlabelled:
+            return "", (
+                "monitor.online_task='synthetic' scores the tissue classes of synthetic slides, "
+                f"and {unlabelled[0]} is not one (no {Path(unlabelled[0]).stem}.json beside it): "
+                "the online kNN is off. RankMe and ODCorr still run; for an online score set "
+                "monitor.online_task to a labelled data set and monitor.online_root to its folder"
+            )
+    return m.online_task, ""
 
 
 def _first(dataset, split: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from pathfm.evaluation.features import (
 from pathfm.evaluation.knn import knn_classify
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
+from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
@@ -40,19 +41,9 @@ PROTOCOLS = ("linear_probe", "knn")
 TASKS = (*DATASETS, "synthetic")
 
 
-def checkpoint_config() -> ml_collections.ConfigDict:
-    """The keys that choose the frozen backbone, shared by every evaluation run."""
-    c = ml_collections.ConfigDict()
-    c.checkpoint = ""  # workdir of a pathfm training run (its config.json and checkpoints/)
-    c.step = 0  # 0 = the newest checkpoint
-    c.backbone = ""  # "" = teacher (DINO, DINOv2) or encoder (MAE); or "student"
-    c.random_init = False  # the run's architecture, untrained: the random-init baseline
-    return c
-
-
 def eval_config() -> ml_collections.ConfigDict:
     """Every key of an evaluation run, with eva's and DINO's defaults."""
-    c = checkpoint_config()
+    c = checkpoint_keys()
     c.mode = "evaluate"
     c.task = "synthetic"  # bach, crc, mhist, pcam, image_folder, csv or synthetic
     c.data_root = ""  # the data set's folder; synthetic: slides ("" = the run's synthetic slides)
@@ -67,20 +58,9 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate_checkpoint_keys(config: ml_collections.ConfigDict) -> None:
-    """ConfigError unless `checkpoint` is a training run's workdir."""
-    if not config.checkpoint:
-        raise ConfigError("config.checkpoint: pass the workdir of a pathfm training run")
-    if not (Path(config.checkpoint) / "config.json").is_file():
-        raise ConfigError(
-            f"config.checkpoint: {config.checkpoint} holds no config.json; pass the --workdir "
-            "of a pathfm training run"
-        )
-
-
 def validate_eval(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first bad key, before any work."""
-    validate_checkpoint_keys(config)
+    resolve_checkpoint_keys(config)
     if config.task not in TASKS:
         raise ConfigError(f"config.task: {config.task!r} is not one of {', '.join(TASKS)}")
     bad = [p for p in config.protocols if p not in PROTOCOLS]

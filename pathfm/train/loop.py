@@ -25,7 +25,7 @@ from pathfm import distributed, parallel
 from pathfm.data import pipeline
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
-from pathfm.evaluation.online import OnlineProbe
+from pathfm.evaluation.online import OnlineProbe, online_task
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records
@@ -33,6 +33,8 @@ from pathfm.train.preemption import PreemptionWatch, signals_deferred
 from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
+# What a run writes about itself; a restart from step 0 moves the old ones aside (dated).
+RECORDS = ("metrics.jsonl", "tensorboard", "config.json", "config_changes.jsonl", "slides.json")
 
 
 def embed_probe_set(embed, state, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
@@ -144,8 +146,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     probe = online = None
     if config.monitor.every_steps:
         probe = pipeline.probe_images(config, pipeline.build_sampler(config, index, False))
-        if config.monitor.online_task:
+        task, why_off = online_task(config, source)
+        if task:
             online = OnlineProbe(config, source)
+        elif why_off:
+            log.warning(why_off)
 
     # ---- State: the latest complete checkpoint, or a fresh one ---------------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", config.checkpoint.max_to_keep)
@@ -157,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         log.info("resumed from step %d", start)
     embed = jax.jit(method.embed, out_shardings=parallel.replicated(mesh))
     if start == 0 and is_main:  # a restart from scratch: the old records are kept aside
-        archive_records([workdir / "metrics.jsonl", workdir / "tensorboard"])
+        archive_records(workdir / name for name in RECORDS)
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
     dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
@@ -174,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         total=total_steps, initial=start, disable=not (is_main and sys.stderr.isatty()), unit="step"
     )
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
-    read_errors_total = 0  # unreadable tiles met this run (each warned about by slide name)
+    read_errors_total = read_errors_reported = 0  # unreadable tiles met this run
     try:
         with PreemptionWatch() as preemption:
             for step in range(start, total_steps):
@@ -197,6 +202,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                     record["images_per_s"] = window_images / elapsed
                     record["input_wait_frac"] = input_wait / elapsed
                     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
+                    if read_errors_total > read_errors_reported:
+                        log.warning(
+                            "%d tile reads failed so far (%d since the last report); each "
+                            "slide's first failure was printed, the rest are only counted",
+                            read_errors_total, read_errors_total - read_errors_reported,
+                        )  # fmt: skip
+                        read_errors_reported = read_errors_total
                     bar.set_postfix(loss=f"{float(record['loss']):.4f}")
                 if probe is not None and (
                     done % config.monitor.every_steps == 0 or done == total_steps

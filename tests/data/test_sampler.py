@@ -204,15 +204,21 @@ def test_sampler_survives_read_errors(tmp_path, caplog):
         patch_sampler(rng)
 
 
-def test_sampler_survives_corrupt_tiles(bad_slides, index):
+def test_sampler_survives_corrupt_tiles(bad_slides, index, caplog):
     # The corrupt copy fails SlideIndex.build; pretend it passed, as if it broke afterwards.
     corrupt = dataclasses.replace(index.slides[0], path=bad_slides["corrupt"])
     mixed = sampler.SlideIndex([index.slides[0], corrupt], [])
     patch_sampler = sampler.PatchSampler(mixed, 64, [0.5])
     rng = np.random.default_rng(0)
-    draws = [patch_sampler(rng) for _ in range(30)]
-    assert sum(int(d["read_errors"]) for d in draws) > 0
+    with caplog.at_level(logging.WARNING):
+        draws = [patch_sampler(rng) for _ in range(60)]
+    assert sum(int(d["read_errors"]) for d in draws) > 1
     assert all(d["image"].shape == (64, 64, 3) for d in draws)
+    # one warning per slide and kind of error, however many reads fail (issue 14)
+    warned = [r.getMessage() for r in caplog.records if "Read error" in r.getMessage()]
+    assert len(warned) == 1 and bad_slides["corrupt"] in warned[0]
+    restored = pickle.loads(pickle.dumps(patch_sampler))  # a fresh worker warns afresh
+    assert not restored._warned
 
 
 def test_index_max_bad_fraction(bad_slides):

@@ -71,6 +71,11 @@ def test_manifest_label_errors_name_the_column_and_line(tmp_path):
 
 def test_bad_mil_configs_are_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    config = mil_config()
+    config.checkpoint = str(tmp_path)
+    with pytest.raises(ConfigError, match="has no complete checkpoint yet"):
+        validate_mil(config)  # before any work (it used to fail after creating the workdir)
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)  # a committed step, as orbax names it
     for overrides, key in (
         ({"checkpoint": ""}, "config.checkpoint"),
         ({"manifest": str(tmp_path / "missing.csv")}, "config.manifest"),

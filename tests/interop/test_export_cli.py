@@ -60,7 +60,7 @@ def run(tmp_path_factory, synthetic_slide_dir, weights):
     output = workdir.parent / "export"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    keys = [f"--config.checkpoint_dir={workdir}", f"--config.output={output}"]
+    keys = [f"--config.checkpoint={workdir}", f"--config.output={output}"]
     out = subprocess.run(
         [sys.executable, "-m", "pathfm.main", "--config", "configs/export.py", *keys],
         cwd=REPO,
@@ -162,16 +162,16 @@ def test_bad_init_from_is_one_clear_config_error(weights, tmp_path):
 @pytest.mark.parametrize(
     "args,key",
     [
-        ([], "config.checkpoint_dir"),
-        (["--config.checkpoint_dir={run}"], "config.output"),
-        (["--config.checkpoint_dir={run}", "--config.output={out}", "--config.step=7"], "step"),
+        ([], "config.checkpoint"),
+        (["--config.checkpoint={run}"], "config.output"),
+        (["--config.checkpoint={run}", "--config.output={out}", "--config.step=7"], "step"),
         (
-            ["--config.checkpoint_dir={run}", "--config.output={out}", "--config.backbone=ema"],
+            ["--config.checkpoint={run}", "--config.output={out}", "--config.backbone=ema"],
             "config.backbone",
         ),
         (
             [
-                "--config.checkpoint_dir={run}",
+                "--config.checkpoint={run}",
                 "--config.output={out}",
                 "--config.formats=('onnx',)",
             ],
