@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-from pathlib import Path
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -25,10 +24,10 @@ from pathfm.errors import PathfmError
 from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
 from pathfm.evaluation.run import evaluate, validate_eval
 from pathfm.interop.export_run import export_run, validate_export
-from pathfm.runs.console import LOG_FILE, Console
+from pathfm.runs.console import Console
 from pathfm.runs.prepare import prepare, validate_prepare
 from pathfm.runs.resume import check_same_run, record_changes
-from pathfm.runs.workdir import lock_workdir
+from pathfm.runs.workdir import RunWorkdir
 from pathfm.train.loop import train
 
 USAGE = "usage: python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR"
@@ -138,53 +137,8 @@ def parse_args(argv: list[str]):
     return config, fv
 
 
-class Run:
-    """One command's workdir: taken (locked, logged to) only after validation; a run that fails
-    before training starts removes a workdir it created, keeping a slide index it prepared."""
-
-    def __init__(self, workdir: str | None, console: Console, command: str):
-        self.workdir = Path(workdir) if workdir else None
-        self.console, self.command = console, command
-        self.created = False
-
-    def own(self) -> None:
-        """Create and lock the workdir (process 0 holds the lock for all) and log into it."""
-        import jax
-
-        self.created = not self.workdir.exists()
-        process = jax.process_index()
-        if process == 0:
-            lock_workdir(self.workdir, self.command)
-        else:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        name = LOG_FILE if process == 0 else f"pathfm.process{process}.log"
-        self.console.open_log(self.workdir / name, self.command)
-
-    def discard_unstarted(self) -> None:
-        """After a failure before any record was written: remove what this run created."""
-        if not (self.created and self.workdir.is_dir()) or (self.workdir / "config.json").exists():
-            return
-        index_entries = self.workdir / "slide_index" / "entries"
-        kept = []
-        for item in self.workdir.iterdir():
-            if (
-                item.name == "slide_index"
-                and index_entries.is_dir()
-                and any(index_entries.iterdir())
-            ):
-                kept.append(item)  # prepared slides: the next run reuses them
-            elif item.is_dir():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink(missing_ok=True)
-        if not kept:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def run_mode(config, workdir: str | None, run: Run) -> None:
+def run_mode(config, workdir: str | None, run: RunWorkdir) -> None:
     """Validates `config` for its mode, then runs it; nothing is written before validation."""
-    import jax
-
     if config.mode == "export":
         validate_export(config)
         description = export_run(config)
@@ -221,13 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(verbose)
     config, fv = parse_args(argv)
     command = " ".join(argv)
-    run = Run(fv.workdir, console, command)
+    run = RunWorkdir(fv.workdir, console, command)
     distributed.initialize(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)
     try:
         run_mode(config, fv.workdir, run)
     except PathfmError as e:
-        if config.mode in ("pretrain", "evaluate", "evaluate_mil"):
-            run.discard_unstarted()
+        run.discard_unstarted()
         fail(*console.failure(e, command))
     except Exception as e:  # every failure ends with one line; its traceback goes to the log
         fail(*console.failure(e, command))

@@ -218,12 +218,16 @@ def test_the_readme_own_slides_command_runs_the_quickstart_on_a_real_slide(tmp_p
         a.replace("/data/slides", str(CMU)).replace("runs/mine", str(tmp_path / "mine"))
         for a in argv
     ]
-    shorter = ["--config.epochs=1", "--config.steps_per_epoch=6", "--config.monitor.every_steps=3"]
+    shorter = [
+        "--config.epochs=1", "--config.steps_per_epoch=4", "--config.monitor.every_steps=4",
+        "--config.model.depth=1", "--config.monitor.num_patches=16",
+        "--config.monitor.batch_size=16",
+    ]  # fmt: skip
     done = run_cli([sys.executable, *argv[1:], *shorter], cache)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "online kNN is off" in done.stderr
     records = read_metrics(tmp_path / "mine" / "metrics.jsonl")
-    assert records[-1]["step"] == 6 and "rankme" in records[-1]
+    assert records[-1]["step"] == 4 and "rankme" in records[-1]
     assert json.loads((tmp_path / "mine" / "slides.json").read_text())["usable"] == [str(CMU)]
 
 

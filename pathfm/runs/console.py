@@ -119,7 +119,7 @@ class Console:
         """(one-line message, exit code) for `error`; its traceback goes to the log file."""
         logging.getLogger("pathfm").debug("failed", exc_info=error)
         message, code = failure_message(error)
-        if isinstance(error, PathfmError):
+        if code == 2:  # the user's to fix: the line says what to do
             return message, code
         log_path = self.ensure_log(command)
         hint = "printed above" if self.verbose else f"in {log_path} (--verbose prints it)"
@@ -166,7 +166,7 @@ def failure_message(error: BaseException) -> tuple[str, int]:
         reason = e.strerror or _first_line(e)
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             advice = "pass a writable --workdir (or fix the folder's permissions)"
-        elif e.errno == errno.ENOENT:
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
             advice = "check the path"
         else:
             advice = "check the file system, then rerun the same command to resume"
