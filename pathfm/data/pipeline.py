@@ -21,13 +21,13 @@ from absl import flags
 
 from pathfm.data import index_build
 from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
+from pathfm.data.masking import batch_masks
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
 from pathfm.data.slides import SlideRecord, duplicates, find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
-from pathfm.ssl.masking import batch_masks
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ import numpy as np
 import optax
 
 from pathfm.evaluation.metrics import balanced_accuracy, multiclass_roc_auc, roc_auc
+from pathfm.schedules import cosine_schedule
 from pathfm.train.optimizer import adamw
-from pathfm.train.schedules import cosine_schedule
 
 _SELECTIONS = ("best_val", "last")
 

@@ -20,9 +20,9 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from pathfm.models.mae_ops import random_masking, unshuffle
 from pathfm.models.sincos import sincos_2d_pos_embed
 from pathfm.models.vit import LN_EPS, PatchEmbed, ViTConfig, apply_blocks, block_class
-from pathfm.ssl.mae_ops import random_masking, unshuffle
 
 xavier_uniform = nn.initializers.xavier_uniform()
 normal_02 = nn.initializers.normal(stddev=0.02)

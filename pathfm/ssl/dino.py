@@ -14,6 +14,7 @@ import ml_collections
 from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
+from pathfm.schedules import cosine_schedule, epoch_linear_warmup
 from pathfm.ssl.base import (
     Backbone,
     Batch,
@@ -28,7 +29,6 @@ from pathfm.ssl.base import (
     with_ema_backbone,
 )
 from pathfm.ssl.dino_loss import dino_loss, update_center
-from pathfm.train.schedules import cosine_schedule, epoch_linear_warmup
 
 
 def build_backbone(model: ml_collections.ConfigDict, drop_path_rate: float) -> VisionTransformer:

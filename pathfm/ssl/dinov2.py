@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pathfm.models.vit import VisionTransformer
+from pathfm.schedules import cosine_schedule
 from pathfm.ssl.base import (
     Backbone,
     Batch,
@@ -33,7 +34,6 @@ from pathfm.ssl.dino_loss import update_center
 from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
 from pathfm.ssl.koleo import koleo_loss
 from pathfm.ssl.sinkhorn import sinkhorn_knopp, softmax_center_teacher
-from pathfm.train.schedules import cosine_schedule
 
 
 def per_device_koleo(cls: jax.Array, groups: int) -> jax.Array:

@@ -23,7 +23,7 @@ from pathfm.ssl.base import (
     check_backbone,
     normalize_images,
 )
-from pathfm.ssl.mae_ops import mae_loss
+from pathfm.ssl.mae_loss import mae_loss
 
 
 class Mae:

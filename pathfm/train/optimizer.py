@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pathfm.train.schedules import Schedule
+from pathfm.schedules import Schedule
 
 PathPredicate = Callable[[str], bool]
 
@@ -213,7 +213,7 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
 
     Returns (optimizer, {'lr': schedule, 'wd': schedule}) with schedules as functions of step.
     """
-    from pathfm.train.schedules import cosine_schedule
+    from pathfm.schedules import cosine_schedule
 
     o, spe = config.optim, config.steps_per_epoch
     total = config.epochs * spe

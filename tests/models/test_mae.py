@@ -8,7 +8,7 @@ import pytest
 from pathfm.models.mae import MAE, MAEDecoder, init_mae_params
 from pathfm.models.sincos import sincos_2d_pos_embed
 from pathfm.models.vit import ViTConfig
-from pathfm.ssl.mae_ops import mae_loss
+from pathfm.ssl.mae_loss import mae_loss
 
 P, IMG = 4, 16  # a 4 x 4 grid: L = 16, 4 visible tokens at ratio 0.75
 CFG = ViTConfig(patch_size=P, img_size=IMG, embed_dim=16, depth=1, num_heads=2)

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 from testutil import golden
 
-from pathfm.ssl.mae_ops import mae_loss, patchify, random_masking, unpatchify, unshuffle
+from pathfm.models.mae_ops import patchify, random_masking, unpatchify, unshuffle
+from pathfm.ssl.mae_loss import mae_loss
 
 
 def _golden():

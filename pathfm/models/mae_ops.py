@@ -1,4 +1,5 @@
-"""MAE's patchify, random masking and reconstruction loss (REFERENCE section 4), pure JAX.
+"""MAE's array ops: patchify, per-sample random masking and un-shuffling, pure JAX
+(facebookresearch/mae `models_mae.py` `patchify`, `random_masking`).
 
 Images are NHWC. A patch vector is laid out (p_row, p_col, channel), channel fastest, as the
 reference's `einsum('nchpwq->nhwpqc')`; patches are in row-major order of the patch grid.
@@ -75,25 +76,3 @@ def unshuffle(kept: jax.Array, fill: jax.Array, ids_restore: jax.Array) -> jax.A
     """Append `fill` [N, L - L_keep, D] to `kept` and put every token back to its original slot."""
     x = jnp.concatenate([kept, fill.astype(kept.dtype)], axis=1)
     return jnp.take_along_axis(x, ids_restore[:, :, None], axis=1)
-
-
-def mae_loss(
-    images: jax.Array,
-    pred: jax.Array,
-    mask: jax.Array,
-    patch_size: int,
-    norm_pix_loss: bool = True,
-) -> jax.Array:
-    """MAE's `forward_loss`: per-patch pixel MSE averaged over MASKED patches only (float32).
-
-    images [N, H, W, 3]; pred [N, L, p*p*3]; mask [N, L] (1 = removed). With `norm_pix_loss` the
-    target is (x - mean) / sqrt(var + 1e-6) per patch, var unbiased (ddof=1) as torch's `var`.
-    """
-    target = patchify(images.astype(jnp.float32), patch_size)
-    if norm_pix_loss:
-        mean = target.mean(axis=-1, keepdims=True)
-        var = target.var(axis=-1, keepdims=True, ddof=1)
-        target = (target - mean) / jnp.sqrt(var + 1.0e-6)
-    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [N, L]
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(per_patch * mask) / jnp.sum(mask)

@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from pathfm.ssl.masking import batch_masks, block_mask, mask_upperbound
+from pathfm.data.masking import batch_masks, block_mask, mask_upperbound
 
 GRID = (14, 14)
 N = GRID[0] * GRID[1]

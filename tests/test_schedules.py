@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pathfm.train.schedules import as_array, cosine_schedule, epoch_linear_warmup
+from pathfm.schedules import as_array, cosine_schedule, epoch_linear_warmup
 
 
 def reference_cosine_scheduler(base, final, epochs, niter, warmup_epochs=0, start_warmup=0.0):
