@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from pathfm.errors import ConfigError
-from pathfm.partitioning import DEFAULT_RULES
+from pathfm.parallel.partitioning import DEFAULT_RULES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()  # devices = data x fsdp; see docs/scaling.md
     c.mesh.data = -1  # data-parallel groups; -1 = all devices / fsdp
     c.mesh.fsdp = 1  # devices that split parameters and optimiser state (ZeRO-3 style)
-    c.mesh.rules = DEFAULT_RULES  # (regex over state paths, layout); see pathfm/partitioning.py
+    c.mesh.rules = (
+        DEFAULT_RULES  # (regex over state paths, layout); see pathfm/parallel/partitioning.py
+    )
     c.mesh.fsdp_min_size = 2**14  # leaves with fewer elements stay replicated
 
     c.model = ml_collections.ConfigDict()
@@ -276,7 +278,7 @@ def _check_data_objects(config: ml_collections.ConfigDict) -> None:
 
 def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
     from pathfm.parallel import mesh_shape
-    from pathfm.partitioning import check_rules
+    from pathfm.parallel.partitioning import check_rules
 
     try:
         mesh_shape(mesh.data, mesh.fsdp, num_devices)

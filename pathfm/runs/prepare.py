@@ -12,10 +12,10 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from pathfm import distributed
 from pathfm.config import validate_data
 from pathfm.data import pipeline
 from pathfm.errors import ConfigError
+from pathfm.parallel import distributed
 
 log = logging.getLogger(__name__)
 

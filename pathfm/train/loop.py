@@ -21,11 +21,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from pathfm import distributed, parallel
+from pathfm import parallel
 from pathfm.data import pipeline
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe, online_task
+from pathfm.parallel import distributed
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records

@@ -1,10 +1,10 @@
 """Preemption: SIGTERM (and the TPU maintenance notice) ends the run with a checkpoint.
 
-With JAX's multi-process runtime started (`pathfm.distributed`): every process must stop at the
-same step, so the loop asks JAX's preemption sync manager, which catches SIGTERM (and the TPU
-maintenance notice) in C++ and agrees on a step with the other processes about a second later,
-through orbax's `reached_preemption`. A Python SIGTERM handler must not be installed then: it
-would replace JAX's and silently disable the notice.
+With JAX's multi-process runtime started (`pathfm.parallel.distributed`): every process must
+stop at the same step, so the loop asks JAX's preemption sync manager, which catches SIGTERM
+(and the TPU maintenance notice) in C++ and agrees on a step with the other processes about a
+second later, through orbax's `reached_preemption`. A Python SIGTERM handler must not be
+installed then: it would replace JAX's and silently disable the notice.
 Without it (a plain single-process run): a Python SIGTERM handler raises a flag instead.
 """
 

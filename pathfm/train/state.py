@@ -11,7 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from pathfm import parallel
-from pathfm.partitioning import DEFAULT_RULES, tree_shardings
+from pathfm.parallel.partitioning import DEFAULT_RULES, tree_shardings
 from pathfm.ssl.base import Method
 
 UPDATED = ("params", "extra", "opt_state")  # what a non-finite step leaves untouched
@@ -43,7 +43,7 @@ def state_shardings(
     method: Method, optimizer, rng: jax.Array, mesh: Mesh, rules=DEFAULT_RULES, min_size: int = 0
 ) -> Any:
     """The NamedSharding of every state leaf by the partition rules (student, teacher and
-    optimiser moments alike; see `pathfm.partitioning`)."""
+    optimiser moments alike; see `pathfm.parallel.partitioning`)."""
     return tree_shardings(abstract_state(method, optimizer, rng), mesh, rules, min_size)
 
 

@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from pathfm import parallel
 from pathfm.errors import ConfigError
-from pathfm.partitioning import bytes_per_device, fsdp_spec, tree_shardings
+from pathfm.parallel.partitioning import bytes_per_device, fsdp_spec, tree_shardings
 
 
 def test_fsdp_splits_the_largest_divisible_dimension():

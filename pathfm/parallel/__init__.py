@@ -3,7 +3,8 @@
 The train step is written in global view and jitted with explicit shardings (pjit style), so
 means over the batch inside losses are means over the global batch across all devices and hosts.
 The batch is split over both mesh axes (every device holds B / n_devices samples); parameters and
-optimiser state are laid out by `pathfm.partitioning` (replicated over `data`, split over `fsdp`).
+optimiser state are laid out by `pathfm.parallel.partitioning` (replicated over `data`, split
+over `fsdp`). `pathfm.parallel.distributed` starts the multi-process runtime.
 
 Device order: `fsdp` is the inner (fastest-varying) axis, so an FSDP group is a set of
 neighbouring devices (one host, or one ICI/NVLink island) and `data` spans hosts.

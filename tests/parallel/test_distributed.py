@@ -2,7 +2,7 @@
 
 import pytest
 
-from pathfm import distributed
+from pathfm.parallel import distributed
 
 
 @pytest.mark.parametrize(
