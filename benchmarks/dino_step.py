@@ -20,7 +20,7 @@ import numpy as np
 from common import device_batch, input_pipeline, load_config, machine_name, rate, train_with_input
 
 from pathfm import parallel
-from pathfm.train.setup import build_setup
+from pathfm.train.build import build_setup
 
 
 def run(config, steps: int, workdir: str) -> dict:

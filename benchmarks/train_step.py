@@ -8,7 +8,7 @@
 For each set-up (DINO ViT-S/16 with 2x224 + 8x96 crops, DINOv2 ViT-L/14 with 4 registers, MAE
 ViT-L/16, at the papers' per-device batch sizes) and each variant (the product of the
 `--compare` lists; the first is the baseline the others are compared with), it compiles the real
-jitted step of `pathfm.train.setup.build_setup` and reports, on a synthetic device-resident batch
+jitted step of `pathfm.train.build.build_setup` and reports, on a synthetic device-resident batch
 (input excluded): the median step time over `--steps` steps after `--warmup`, images per second
 per device, XLA's FLOPs per step and device, model FLOPs utilisation against the device's peak
 bf16 rate (null where unknown, as on CPUs) and XLA's temporary memory. Model FLOPs are the XLA
@@ -50,7 +50,7 @@ from flops import analytic_step_flops, peak_flops, xla_flops
 from pathfm import parallel
 from pathfm.config import validate
 from pathfm.data.pipeline import AddBlockMasks
-from pathfm.train.setup import build_setup
+from pathfm.train.build import build_setup
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathfm import parallel
 from pathfm.config import validate
 from pathfm.data import pipeline
 from pathfm.ssl.registry import build_method
-from pathfm.train.setup import build_setup
+from pathfm.train.build import build_setup
 
 # Backbone parameters (timm, without position-embedding buffers for MAE), +-1%.
 PAPER_CONFIGS = {

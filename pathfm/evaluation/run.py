@@ -33,8 +33,8 @@ from pathfm.evaluation.features import (
 from pathfm.evaluation.knn import knn_classify
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
+from pathfm.train.build import build_setup
 from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
-from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
 PROTOCOLS = ("linear_probe", "knn")

@@ -27,22 +27,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pathfm.errors import ConfigError
 from pathfm.parallel import FSDP_AXIS, MESH_AXES
+from pathfm.pytree import path_string
 
 DEFAULT_RULES = ((r".*", "fsdp"),)
 Rule = tuple[str, Any]
-
-
-def path_string(path: tuple) -> str:
-    """'a/b/0/c' for a pytree key path."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> PartitionSpec:

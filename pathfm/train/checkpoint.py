@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import multihost
 
 from pathfm.errors import ConfigError, DataError, TrainingStopped
+from pathfm.pytree import path_string
 
 log = logging.getLogger(__name__)
 
@@ -231,18 +232,13 @@ def _read_state(path: Path, keys: tuple[str, ...] | None) -> dict:
         )
 
 
-def _dotted(path: tuple) -> str:
-    """'params.head.mlp_0.kernel' of a pytree key path."""
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def weight_shape_differences(path: Path, target: Any) -> list[str]:
     """'key: saved shape != model shape' for each weight (`params`, `extra`) where the saved
     state at `path` and `target` (arrays or ShapeDtypeStructs) differ; [] when they match."""
 
     def shapes(tree: Any) -> dict[str, tuple]:
         leaves = jax.tree_util.tree_leaves_with_path({k: tree.get(k, {}) for k in WEIGHT_KEYS})
-        return {_dotted(p): tuple(leaf.shape) for p, leaf in leaves}
+        return {path_string(p, "."): tuple(leaf.shape) for p, leaf in leaves}
 
     saved, model = shapes(_metadata_tree(path)), shapes(target)
     return [

@@ -27,11 +27,11 @@ from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe, online_task
 from pathfm.parallel import distributed
+from pathfm.train.build import build_setup
 from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records
 from pathfm.train.preemption import PreemptionWatch, signals_deferred
-from pathfm.train.setup import build_setup
 
 log = logging.getLogger("pathfm")
 # What a run writes about itself; a restart from step 0 moves the old ones aside (dated).

@@ -19,19 +19,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pathfm.schedules import Schedule
+from pathfm.pytree import path_string
+from pathfm.schedules import Schedule, cosine_schedule
+from pathfm.ssl.base import backbone_config
 
 PathPredicate = Callable[[str], bool]
 
 
-def path_str(path: tuple) -> str:
-    """'backbone/blocks_0/attn/qkv/kernel' for a pytree key path."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def tree_mask(params: Any, predicate: Callable[[str, jax.Array], bool]) -> Any:
     """A bool pytree: predicate(path, leaf) for every leaf."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: predicate(path_str(p), x), params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: predicate(path_string(p), x), params)
 
 
 def dino_decay_mask(params: Any) -> Any:
@@ -213,8 +210,6 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
 
     Returns (optimizer, {'lr': schedule, 'wd': schedule}) with schedules as functions of step.
     """
-    from pathfm.schedules import cosine_schedule
-
     o, spe = config.optim, config.steps_per_epoch
     total = config.epochs * spe
     if o.lr_scaling == "sqrt1024":  # DINOv2
@@ -226,8 +221,6 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
     pattern, frozen_steps = method.frozen_rule()
     lr_mults = None
     if o.layer_decay != 1.0 or o.patch_embed_lr_mult != 1.0:
-        from pathfm.ssl.base import backbone_config
-
         depth = backbone_config(config.model, 0.0).depth
         lr_mults = lr_multipliers(params, depth, o.layer_decay, o.patch_embed_lr_mult)
     optimizer = adamw(

@@ -47,16 +47,6 @@ def state_shardings(
     return tree_shardings(abstract_state(method, optimizer, rng), mesh, rules, min_size)
 
 
-def create_state(
-    method: Method, optimizer, rng: jax.Array, mesh: Mesh, shardings: Any = None
-) -> TrainState:
-    """A fresh train state created directly with its shardings (`eval_shape` then jitted init),
-    so no device ever holds more than its shard. Replicated when `shardings` is None."""
-    if shardings is None:
-        shardings = parallel.replicate_tree(abstract_state(method, optimizer, rng), mesh)
-    return jax.jit(init_state_fn(method, optimizer), out_shardings=shardings)(rng)
-
-
 def make_train_step(
     method: Method, optimizer: optax.GradientTransformation, schedules: dict[str, Callable]
 ) -> Callable:

@@ -24,7 +24,7 @@ from pathfm.evaluation.slide_features import (
     tile_centers,
     tissue_grid,
 )
-from pathfm.train.setup import build_setup
+from pathfm.train.build import build_setup
 
 CMU = TEST_SLIDES / "CMU-1-Small-Region.svs"
 MPP, TILE, BATCH, MIN_TISSUE = 2.0, 32, 16, 0.5  # synthetic: 256 level-0 px tiles, ~50 a slide

@@ -23,9 +23,9 @@ from pathfm.errors import ConfigError  # noqa: E402
 from pathfm.interop.timm_export import export_backbone  # noqa: E402
 from pathfm.main import main  # noqa: E402
 from pathfm.ssl.registry import build_method  # noqa: E402
+from pathfm.train.build import build_setup  # noqa: E402
 from pathfm.train.checkpoint import load_state  # noqa: E402
 from pathfm.train.loop import train  # noqa: E402
-from pathfm.train.setup import build_setup  # noqa: E402
 
 EXPORT_CONFIG = str(REPO / "configs" / "export.py")
 

@@ -10,8 +10,8 @@ from testutil import REPO
 
 from pathfm import parallel
 from pathfm.ssl.registry import build_method
+from pathfm.train.build import build_setup
 from pathfm.train.loop import train
-from pathfm.train.setup import build_setup
 
 
 def load(arg=None):

@@ -8,10 +8,10 @@ from testutil import random_dino_batch, tiny_dino_config
 
 from pathfm import parallel
 from pathfm.errors import TrainingStopped
+from pathfm.train.build import build_setup
 from pathfm.train.checkpoint import Checkpointer, load_state
 from pathfm.train.loop import train
 from pathfm.train.metrics_log import read_metrics
-from pathfm.train.setup import build_setup
 
 BAD_STEP = 3  # the step (1-based) whose batch gets NaN pixels
 

@@ -9,8 +9,9 @@ import pytest
 from testutil import REPO, random_dino_batch, tiny_dino_config
 
 from pathfm import parallel
-from pathfm.parallel.partitioning import bytes_per_device, path_string
-from pathfm.train.setup import build_setup
+from pathfm.parallel.partitioning import bytes_per_device
+from pathfm.pytree import path_string
+from pathfm.train.build import build_setup
 
 MESHES = {"1 device": (1, 1), "8-way data": (8, 1), "2 data x 4 fsdp": (2, 4)}
 

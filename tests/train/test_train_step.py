@@ -7,7 +7,7 @@ from testutil import random_dino_batch, tiny_dino_config
 
 from pathfm import parallel
 from pathfm.ssl.dino_loss import update_center
-from pathfm.train.setup import build_setup
+from pathfm.train.build import build_setup
 
 
 def Setup(config, num_devices):
