@@ -1,4 +1,4 @@
-"""DINO ViT-S/16 as Campanella et al. (Mount Sinai) pre-trained it (REFERENCE section 1).
+"""DINO ViT-S/16 as Campanella et al. 2023 (Mount Sinai, arXiv 2310.07033) pre-trained it.
 
 Batch 90 per GPU (set `batch_size` to 90 x your devices; lr scales with it as in DINO), 50
 pseudo-epochs of 30,000 iterations (the paper's ~1.5M steps), 65536 prototypes, teacher

@@ -1,4 +1,4 @@
-"""MAE ViT-L/16 as Campanella et al. pre-trained it (REFERENCE sections 1 and 4).
+"""MAE ViT-L/16 as Campanella et al. 2023 (arXiv 2310.07033) pre-trained it (facebookresearch/mae).
 
 Encoder ViT-L/16 (303M parameters), decoder 8 x 512 with 16 heads, mask ratio 0.75, norm-pix
 loss; AdamW (0.9, 0.95), weight decay 0.05 (constant, none on biases and 1-D parameters), no

@@ -1,4 +1,4 @@
-"""DINO ViT-S/16 with the reference recipe (facebookresearch/dino defaults, REFERENCE section 2).
+"""DINO ViT-S/16 with the reference recipe (facebookresearch/dino main_dino.py defaults).
 
 Global batch 512 (64 per device on 8 devices), 100 pseudo-epochs of 1250 steps, 65536 prototypes,
 2x224 + 8x96 crops, the multi-magnification mix 0.25/0.5/1/2 um/px. Needs

@@ -1,4 +1,4 @@
-"""DINOv2 with facebookresearch/dinov2's default config (ssl_default_config.yaml, REFERENCE 3).
+"""DINOv2 with facebookresearch/dinov2's default config (dinov2/configs/ssl_default_config.yaml).
 
 ViT-L/16 with LayerScale 1e-5, uniform drop-path 0.3; DINO + 0.1 KoLeo + iBOT (shared head,
 65536 prototypes, bottleneck 256, trainable weight-norm gain), "centering"; teacher temperature

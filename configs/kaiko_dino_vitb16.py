@@ -1,4 +1,4 @@
-"""kaiko.ai's DINO ViT-B/16 on TCGA (REFERENCE section 1); recipe in `pathfm.config.kaiko_dino`.
+"""kaiko.ai's DINO ViT-B/16 on TCGA (Aben et al. 2024); recipe in `pathfm.config.kaiko_dino`.
 
 Needs `--config.data.slides=...` (TCGA slides you downloaded); `:quick` runs a few CPU steps.
 """

@@ -1,4 +1,4 @@
-"""kaiko.ai's DINOv2 ViT-L/14 with 4 registers (Aben et al. 2024; REFERENCE sections 1 and 3).
+"""kaiko.ai's DINOv2 ViT-L/14 with 4 registers (Aben et al. 2024; dinov2 configs/train/vitl14.yaml).
 
 DINOv2's ViT-L/14 recipe: batch 32 per GPU, base lr 2e-4 x sqrt(batch / 1024), 500 epochs of 1250
 iterations with 80 warm-up, no layer-wise decay, drop-path 0.4 (uniform), Sinkhorn-Knopp, 131072

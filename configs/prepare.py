@@ -1,7 +1,7 @@
 """Prepare the slide index of `data.slides` once, before training on many hosts (docs/data.md).
 
   python -m pathfm.main --config configs/prepare.py --workdir runs/prepare \
-      --config.data.slides=/data/tcga/manifest.csv --config.data.index_dir=/shared/tcga_index
+      --config.data.slides=/data/tcga/manifest.csv --config.data.index_dir=/nfs/tcga_index
 
 Pass the tissue settings (`data.mask_mpp`, `data.saturation_threshold`, ...) and `data.root` the
 training run will use: the index is keyed by them. Launch it like training (SLURM, TPU pods,

@@ -1,4 +1,4 @@
-"""eva's linear probe on frozen features (REFERENCE section 6), jitted.
+"""eva's linear probe on frozen features (kaiko-ai/eva docs/leaderboards.md protocol), jitted.
 
 One linear layer (PyTorch `nn.Linear` initialisation) trained with cross-entropy and AdamW (lr
 3e-4, no weight decay) on batches of 256 drawn in replacement-free epochs, for at most 12,500

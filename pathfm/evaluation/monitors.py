@@ -1,4 +1,4 @@
-"""Unsupervised representation monitors (REFERENCE section 5), jitted, float32.
+"""Unsupervised representation monitors of Aben et al. 2024 (kaiko.ai), jitted, float32.
 
 RankMe (Garrido et al., ICML 2023): effective rank of the embedding matrix.
 ODCorr: mean absolute off-diagonal Pearson correlation between embedding dimensions (lower is

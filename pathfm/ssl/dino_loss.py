@@ -1,4 +1,5 @@
-"""The DINO (v1) self-distillation loss and teacher centering (REFERENCE section 2).
+"""The DINO (v1) self-distillation loss and teacher centering (Caron et al. 2021, section 3.1;
+facebookresearch/dino main_dino.py DINOLoss).
 
 Crop order everywhere is crop-major:
 [global1 batch, global2 batch, local1 batch, ..., localN batch].

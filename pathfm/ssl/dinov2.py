@@ -1,4 +1,4 @@
-"""DINOv2: DINO on the CLS token + iBOT on masked patch tokens + KoLeo (REFERENCE section 3).
+"""DINOv2: DINO on the CLS token + iBOT on masked patch tokens + KoLeo (Oquab et al. 2023, sec. 4).
 
 Follows facebookresearch/dinov2 ssl_meta_arch.py. Batches hold uint8 `global_crops`
 [B, 2, G, G, 3], `local_crops` [B, n, L, L, 3] and bool `masks` [B, 2, N] (block masks for half of

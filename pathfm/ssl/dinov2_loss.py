@@ -1,4 +1,5 @@
-"""DINOv2 CLS-token (DINO) and masked-patch (iBOT) cross-entropies (REFERENCE section 3).
+"""DINOv2 CLS-token (DINO) and masked-patch (iBOT) cross-entropies (Oquab et al. 2023, section 4;
+facebookresearch/dinov2 dinov2/loss/dino_clstoken_loss.py DINOLoss, ibot_patch_loss.py).
 
 Teacher targets come from `pathfm.ssl.sinkhorn` (Sinkhorn-Knopp or softmax centering) and carry no
 gradient. All arithmetic is float32.

@@ -1,4 +1,5 @@
-"""The KoLeo (Kozachenko-Leonenko) uniformity regulariser of DINOv2 (REFERENCE section 3).
+"""The KoLeo (Kozachenko-Leonenko) uniformity regulariser of DINOv2 (Sablayrolles et al. 2019;
+facebookresearch/dinov2 dinov2/loss/koleo_loss.py KoLeoLoss).
 
 DINOv2 applies it to the backbone CLS token (before the head) of each global crop separately, on
 the per-device batch: inside `jax.shard_map` call it on the local block; under plain `jax.jit` on a

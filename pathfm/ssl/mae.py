@@ -1,4 +1,4 @@
-"""MAE: masked autoencoding of 75% of the patches with a light decoder (REFERENCE section 4).
+"""MAE: masked autoencoding of 75% of the patches with a light decoder (He et al. 2022, section 3).
 
 Follows facebookresearch/mae main_pretrain.py / models_mae.py. Batches hold uint8 `images`
 [B, S, S, 3] (one random-resized crop + flip each); normalisation, masking and the norm-pix loss

@@ -1,4 +1,5 @@
-"""DINOv2 teacher targets: Sinkhorn-Knopp or softmax centering (REFERENCE section 3).
+"""DINOv2 teacher targets: Sinkhorn-Knopp or softmax centering (facebookresearch/dinov2
+dinov2/loss/dino_clstoken_loss.py DINOLoss.sinkhorn_knopp_teacher / softmax_center_teacher).
 
 Shapes: teacher logits [B, K] (rows = samples or masked patch tokens, columns = prototypes); the
 targets have the same shape and every valid row sums to 1. All arithmetic is float32 and the
@@ -46,8 +47,9 @@ def sinkhorn_knopp(
     keep = keep[:, None]  # [B, 1]
 
     # Per-prototype max over the valid rows of all devices: exact, since the first prototype
-    # normalisation cancels any per-prototype factor (a stronger form of REFERENCE's one global
-    # max); it keeps every prototype's largest entry at exp(0) = 1 instead of over/underflowing.
+    # normalisation cancels any per-prototype factor (stronger than one global max; DINOv2's
+    # sinkhorn_knopp_teacher subtracts none); it keeps every prototype's largest entry at
+    # exp(0) = 1 instead of over/underflowing.
     t_max = jnp.max(jnp.where(keep, t, -jnp.inf), axis=0, keepdims=True)  # [1, K]
     if axis_name is not None:
         t_max = jax.lax.pmax(t_max, axis_name)

@@ -1,4 +1,4 @@
-"""Patch-level downstream data sets (REFERENCE section 6), read from disk as their publishers
+"""Patch-level downstream data sets of kaiko-ai/eva, read from disk as their publishers
 distribute them; nothing is downloaded. BACH, CRC, MHIST and PCam come with eva's splits (each
 module says where its rule comes from); `image_folder` and `csv` read your own data.
 

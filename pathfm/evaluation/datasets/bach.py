@@ -1,5 +1,5 @@
 """BACH (ICIAR 2018 grand challenge, part A): 400 breast H&E microscopy photos, 2048 x 1536 px,
-4 classes, 100 each, at 0.5 um/px (REFERENCE section 6).
+4 classes, 100 each, at 0.5 um/px (kaiko-ai/eva docs/datasets/index.md).
 
 Split as eva does (kaiko-ai/eva `src/eva/vision/data/datasets/classification/bach.py`, class
 `Bach`/`BACH`, `train_index_ranges` / `val_index_ranges`): the 400 `.tif` files are listed class by

@@ -1,5 +1,5 @@
 """CRC (Kather et al. 2018, zenodo 1214456): 224 x 224 px colorectal H&E tiles at 0.5 um/px in 9
-tissue classes (REFERENCE section 6).
+tissue classes (resolution as in kaiko-ai/eva docs/datasets/index.md).
 
 Split as eva does (kaiko-ai/eva `src/eva/vision/data/datasets/classification/crc.py`): train is
 NCT-CRC-HE-100K (100,000 tiles, Macenko-normalised), val is CRC-VAL-HE-7K (7,180 tiles from 50

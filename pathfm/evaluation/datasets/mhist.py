@@ -1,5 +1,5 @@
 """MHIST (Wei et al. 2021): 3,152 colorectal polyp H&E images, 224 x 224 px, at 2.0 um/px
-(REFERENCE section 6; eva's docs list 5x, downsampled from 40x), hyperplastic polyp (HP) vs
+(kaiko-ai/eva docs/datasets/index.md: 5x, downsampled from 40x), hyperplastic polyp (HP) vs
 sessile serrated adenoma (SSA).
 
 Split as eva does (kaiko-ai/eva `src/eva/vision/data/datasets/classification/mhist.py`): the

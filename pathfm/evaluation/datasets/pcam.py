@@ -1,5 +1,5 @@
 """PatchCamelyon (Veeling et al. 2018): 327,680 lymph-node H&E patches, 96 x 96 px, at 1.0 um/px
-(REFERENCE section 6), labelled tumour / no tumour, in the publisher's h5 files.
+(kaiko-ai/eva docs/datasets/index.md), labelled tumour / no tumour, in the publisher's h5 files.
 
 Splits as eva does (kaiko-ai/eva `src/eva/vision/data/datasets/classification/patch_camelyon.py`):
 train (262,144), val (the `valid` files, 32,768) and test (32,768), classes no_tumor = 0,

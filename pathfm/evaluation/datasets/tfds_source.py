@@ -1,4 +1,4 @@
-"""TFDS patch data sets (REFERENCE section 6) read through `tfds.data_source`: random access to the
+"""TFDS patch data sets (tensorflow/datasets) read through `tfds.data_source`: random access to the
 ArrayRecord files of a data set already prepared in a TFDS data_dir, without TensorFlow. Nothing is
 downloaded or generated at run time.
 
@@ -42,7 +42,7 @@ class TFDSSpec:
 
 KNOWN = {
     # TFDS's ClassLabel names are "0", "1"; the names of load_pcam are used instead. mpp 1.0 as in
-    # REFERENCE and load_pcam; the physical value is 0.972 (level 2 of 0.243 um/px scans).
+    # eva's docs and load_pcam; the physical value is 0.972 (level 2 of 0.243 um/px scans).
     "patch_camelyon": TFDSSpec(
         {"train": "train", "val": "validation", "test": "test"}, ("no_tumor", "tumor"), 1.0, "id"
     ),
