@@ -8,7 +8,7 @@ Keys: `checkpoint` (the run's --workdir; `checkpoint_dir` is accepted as an alia
 `formats`. See docs/interop.md.
 """
 
-from pathfm.interop.export_run import export_config
+from pathfm.runs.export import export_config
 
 
 def get_config(arg: str | None = None):

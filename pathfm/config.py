@@ -1,18 +1,28 @@
 """The base experiment config (every key, with DINO's reference defaults) and its validation.
 
 Experiment files in `configs/` start from `base_config()` and change what differs. Defaults follow
-facebookresearch/dino main_dino.py for ViT-S/16 (REFERENCE section 2); where online patching needs
+facebookresearch/dino main_dino.py (`get_args_parser`) for ViT-S/16; where online patching needs
 a notion the reference lacks, it is named here (`steps_per_epoch`: a pseudo-epoch).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import ml_collections
 
+from pathfm.data.pipeline import multicrop_config, tissue_config
+from pathfm.data.tissue import TissueConfig
 from pathfm.errors import ConfigError
-from pathfm.parallel.partitioning import DEFAULT_RULES
+from pathfm.evaluation.datasets import DATASETS
+from pathfm.evaluation.online import PROTOCOLS
+from pathfm.interop.timm_import import SUFFIXES, check_init_from
+from pathfm.models.vit import ATTENTION_TYPES, REMAT_TYPES, SIZE_ALIASES, VIT_SIZES
+from pathfm.parallel import mesh_shape
+from pathfm.parallel.partitioning import DEFAULT_RULES, check_rules
+from pathfm.ssl.registry import METHODS, build_method
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,9 +202,6 @@ def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str = "") ->
 
 def config_from_json(path) -> ml_collections.ConfigDict:
     """The config a run wrote to <workdir>/config.json, on top of `base_config()`."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: pass the workdir of a pathfm training run")
@@ -267,8 +274,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def _check_data_objects(config: ml_collections.ConfigDict) -> None:
     """Builds the tissue and multi-crop settings, whose own checks name the bad field."""
-    from pathfm.data.pipeline import multicrop_config, tissue_config
-
     for group, build in (("data", tissue_config), ("crops", multicrop_config)):
         try:
             build(config)
@@ -277,8 +282,6 @@ def _check_data_objects(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
-    from pathfm.parallel import mesh_shape
-    from pathfm.parallel.partitioning import check_rules
 
     try:
         mesh_shape(mesh.data, mesh.fsdp, num_devices)
@@ -290,12 +293,7 @@ def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def _check_init_from(config: ml_collections.ConfigDict) -> None:
     """The weights file exists, has a known format and fits the backbone (shapes only)."""
-    from pathlib import Path
-
     import jax
-
-    from pathfm.interop.timm_import import SUFFIXES, check_init_from
-    from pathfm.ssl.registry import build_method
 
     path = Path(config.model.init_from)
     _require(path.is_file(), "model.init_from", f"{path} does not exist")
@@ -310,8 +308,6 @@ def _check_speed_options(m: ml_collections.ConfigDict) -> None:
     """model.attention and model.remat name known kernels; cuDNN attention needs an NVIDIA GPU
     and bfloat16 (its fused kernel has no float32 path)."""
     import jax
-
-    from pathfm.models.vit import ATTENTION_TYPES, REMAT_TYPES
 
     _require(m.attention in ATTENTION_TYPES, "model.attention", f"use one of {ATTENTION_TYPES}")
     _require(m.remat in REMAT_TYPES, "model.remat", f"use one of {REMAT_TYPES}")
@@ -362,7 +358,6 @@ def validate_data(c: ml_collections.ConfigDict) -> None:
         "data.root",
         f"{d.root!r} is not a directory; point it at the folder the slide paths are relative to",
     )
-    from pathfm.data.tissue import TissueConfig
 
     try:
         TissueConfig.from_mapping(d)
@@ -372,9 +367,6 @@ def validate_data(c: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raises ConfigError naming the first invalid value; checks everything before any work."""
-    from pathfm.models.vit import SIZE_ALIASES, VIT_SIZES
-    from pathfm.ssl.registry import METHODS
-
     c = config
     _require(c.mode in ("pretrain",), "mode", f"{c.mode!r} is not one of: pretrain")
     _require(c.method in METHODS, "method", f"{c.method!r} is not one of: {', '.join(METHODS)}")
@@ -446,8 +438,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check_speed_options(m)
     _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
-    from pathfm.evaluation.datasets import DATASETS
-    from pathfm.evaluation.online import PROTOCOLS
 
     tasks = ("", "synthetic", *DATASETS)
     _require(c.monitor.online_task in tasks, "monitor.online_task", f"use one of {tasks}")

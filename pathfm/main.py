@@ -20,11 +20,11 @@ from ml_collections import config_flags
 from pathfm.config import validate
 from pathfm.data.slides import find_slides
 from pathfm.errors import PathfmError
-from pathfm.evaluation.mil_run import evaluate_mil, validate_mil
-from pathfm.evaluation.run import evaluate, validate_eval
-from pathfm.interop.export_run import export_run, validate_export
 from pathfm.parallel import distributed
 from pathfm.runs.console import Console
+from pathfm.runs.evaluate import evaluate, validate_eval
+from pathfm.runs.evaluate_mil import evaluate_mil, validate_mil
+from pathfm.runs.export import export_run, validate_export
 from pathfm.runs.prepare import prepare, validate_prepare
 from pathfm.runs.resume import check_same_run, record_changes
 from pathfm.runs.workdir import RunWorkdir

@@ -73,7 +73,7 @@ def backbone_maps(extractor: FeatureExtractor, images: np.ndarray) -> dict[str, 
     'cls_attention' [B, heads, h, w]: the CLS query's weights on the patch keys (not renormalised:
     the weights on CLS and registers are left out) and 'grid' (h, w).
 
-    `extractor` is `pathfm.evaluation.features.load_extractor(workdir)`: its run config, backbone
+    `extractor` is `pathfm.runs.extractor.load_extractor(workdir)`: its run config, backbone
     ('teacher', 'student' or MAE's 'encoder') and normalisation are used. MAE's patch tokens come
     out in grid order here, unlike `method.tokens`, which shuffles them."""
     images = np.asarray(images)

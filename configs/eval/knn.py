@@ -4,7 +4,7 @@
         --config.checkpoint=runs/quickstart
 """
 
-from pathfm.evaluation.run import eval_config
+from pathfm.runs.evaluate import eval_config
 
 
 def get_config(arg: str | None = None):

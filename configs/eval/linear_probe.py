@@ -7,7 +7,7 @@
 run's synthetic slides; `--config.random_init=True` gives the untrained baseline.
 """
 
-from pathfm.evaluation.run import eval_config
+from pathfm.runs.evaluate import eval_config
 
 
 def get_config(arg: str | None = None):

@@ -8,7 +8,7 @@ Without a manifest the run evaluates the synthetic tumour-detection task (16 gen
 half with tumour). `:quick` runs 5 Monte-Carlo splits instead of 20 (seconds on a CPU).
 """
 
-from pathfm.evaluation.mil_run import mil_config
+from pathfm.runs.evaluate_mil import mil_config
 
 
 def get_config(arg: str | None = None):

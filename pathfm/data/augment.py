@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable
 
 import cv2
+import ml_collections
 import numpy as np
 
 from pathfm.errors import ConfigError, DataError
@@ -447,3 +448,23 @@ class DinoMultiCrop:
         for i in range(cfg.n_local):
             self._augment(image, local_crops[i], cfg.local_scale, cfg.blur_p[2], 0.0, rng)
         return {"global_crops": global_crops, "local_crops": local_crops}
+
+
+def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
+    """The multi-crop settings of `config.crops` (host pipeline and on-device colour ops)."""
+    cr = config.crops
+    return MultiCropConfig(
+        global_size=cr.global_size,
+        local_size=cr.local_size,
+        n_local=cr.n_local,
+        global_scale=tuple(cr.global_scale),
+        local_scale=tuple(cr.local_scale),
+        vflip_p=cr.vflip_p,
+        rot90=cr.rot90,
+        color_jitter_p=cr.color_jitter_p,
+        grayscale_p=cr.grayscale_p,
+        hed_p=cr.hed_p,
+        hed_sigma=cr.hed_sigma,
+        hed_bias=cr.hed_bias,
+        photometric_on_host=not cr.photometric_on_device,
+    )

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from pathfm.data import index_build
-from pathfm.data.augment import DinoMultiCrop, MultiCropConfig
+from pathfm.data.augment import DinoMultiCrop, multicrop_config
 from pathfm.data.masking import batch_masks
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
@@ -150,25 +150,6 @@ def build_sampler(
         slide_weighting=d.slide_weighting,
         patch_budget=d.patch_budget if with_budget else 0,
         budget_seed=config.seed,
-    )
-
-
-def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
-    cr = config.crops
-    return MultiCropConfig(
-        global_size=cr.global_size,
-        local_size=cr.local_size,
-        n_local=cr.n_local,
-        global_scale=tuple(cr.global_scale),
-        local_scale=tuple(cr.local_scale),
-        vflip_p=cr.vflip_p,
-        rot90=cr.rot90,
-        color_jitter_p=cr.color_jitter_p,
-        grayscale_p=cr.grayscale_p,
-        hed_p=cr.hed_p,
-        hed_sigma=cr.hed_sigma,
-        hed_bias=cr.hed_bias,
-        photometric_on_host=not cr.photometric_on_device,
     )
 
 

@@ -1,4 +1,5 @@
-"""Frozen features of a pathfm checkpoint: CLS and mean patch-token embeddings, jitted and split
+"""Frozen features of a pathfm backbone (`pathfm.runs.extractor.load_extractor` reads one from a
+run's checkpoint): CLS and mean patch-token embeddings, jitted and split
 over the device mesh, written to disk as plain NumPy arrays.
 
 On disk (`save_features`): a folder with `cls.npy` [N, D] float32, `mean_patch.npy` [N, D]
@@ -22,10 +23,8 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from pathfm import parallel
-from pathfm.config import config_from_json
 from pathfm.errors import DataError
 from pathfm.ssl.registry import build_method
-from pathfm.train.checkpoint import load_weights
 
 
 def default_backbone(config: ml_collections.ConfigDict) -> str:
@@ -65,20 +64,6 @@ class FeatureExtractor:
         batch = parallel.batch_from_global(np.asarray(images, np.uint8), self.mesh)
         out = jax.device_get(self._fn(self.params, self.extra, batch))
         return {k: np.asarray(v[: len(images) - pad], np.float32) for k, v in out.items()}
-
-
-def load_extractor(
-    workdir: str | Path, which: str | None = None, step: int | None = None, mesh: Mesh = None
-) -> FeatureExtractor:
-    """The backbone of a training run's checkpoint: the newest readable step by default (weights
-    only, no optimiser state); the teacher for DINO/DINOv2, the encoder for MAE unless `which`
-    says otherwise."""
-    workdir = Path(workdir)
-    config = config_from_json(workdir / "config.json")
-    step, state = load_weights(workdir / "checkpoints", step)
-    which = which or default_backbone(config)
-    mesh = mesh or parallel.make_mesh(-1, 1)
-    return FeatureExtractor(config, which, state["params"], state["extra"], step, mesh)
 
 
 def extract_features(

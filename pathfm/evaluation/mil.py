@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pathfm.adamw import adamw
 from pathfm.evaluation.metrics import balanced_accuracy, multiclass_roc_auc, roc_auc
 from pathfm.schedules import cosine_schedule
-from pathfm.train.optimizer import adamw
 
 _SELECTIONS = ("best_val", "last")
 

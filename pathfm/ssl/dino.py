@@ -1,6 +1,6 @@
 """DINO (v1): self-distillation with an EMA teacher, multi-crop, centering and sharpening.
 
-Follows facebookresearch/dino main_dino.py (REFERENCE section 2). Batches hold uint8 crops
+Follows facebookresearch/dino main_dino.py (Caron et al. 2021, section 3). Batches hold uint8 crops
 `global_crops` [B, 2, G, G, 3] and `local_crops` [B, n_local, L, L, 3]; normalisation happens here,
 on the accelerator.
 """
@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pathfm.data.augment import multicrop_config
 from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
@@ -73,8 +74,6 @@ class Dino:
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
         self.photometric = None  # colour augmentation on the accelerator, when configured
         if config.crops.photometric_on_device:
-            from pathfm.data.pipeline import multicrop_config  # the host pipeline's crop settings
-
             self.photometric = PhotometricConfig.from_multicrop(multicrop_config(config))
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:

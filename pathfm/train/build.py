@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from pathfm.interop.timm_import import load_backbone
 from pathfm.ssl.base import Method
 from pathfm.ssl.registry import build_method
 from pathfm.train.optimizer import build_optimizer
@@ -57,8 +58,6 @@ class TrainSetup:
         return state
 
     def _import_backbone(self, state: TrainState) -> TrainState:
-        from pathfm.interop.timm_import import load_backbone
-
         model = self.config.model
         template = self.method.backbone(state["params"], state["extra"], "student")
         weights = load_backbone(

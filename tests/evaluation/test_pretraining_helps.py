@@ -17,7 +17,7 @@ import sys
 import pytest
 from testutil import REPO
 
-from pathfm.evaluation.run import eval_config, evaluate
+from pathfm.runs.evaluate import eval_config, evaluate
 
 STEPS = 900
 

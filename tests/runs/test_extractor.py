@@ -11,10 +11,10 @@ from pathfm.config import config_from_json
 from pathfm.errors import DataError
 from pathfm.evaluation.features import (
     extract_features,
-    load_extractor,
     load_features,
     save_features,
 )
+from pathfm.runs.extractor import load_extractor
 from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import load_state
 from pathfm.train.loop import train

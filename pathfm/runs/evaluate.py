@@ -28,13 +28,13 @@ from pathfm.evaluation.features import (
     FeatureExtractor,
     default_backbone,
     extract_features,
-    load_extractor,
 )
 from pathfm.evaluation.knn import knn_classify
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
+from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
+from pathfm.runs.extractor import load_extractor
 from pathfm.train.build import build_setup
-from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 
 log = logging.getLogger("pathfm")
 PROTOCOLS = ("linear_probe", "knn")

@@ -9,7 +9,7 @@ import pytest
 from testutil import REPO, tiny_dino_config
 
 from pathfm.errors import ConfigError
-from pathfm.evaluation.run import eval_config, evaluate, validate_eval
+from pathfm.runs.evaluate import eval_config, evaluate, validate_eval
 from pathfm.train.loop import train
 from pathfm.train.metrics_log import read_metrics
 

@@ -27,11 +27,11 @@ import numpy as np
 from pathfm.config import config_from_json
 from pathfm.data import slides as slides_lib
 from pathfm.errors import ConfigError, DataError
-from pathfm.evaluation import run as patch_run
 from pathfm.evaluation.mil import GMAConfig, cross_validate
 from pathfm.evaluation.slide_features import extract_slide_features, load_slide_features
 from pathfm.evaluation.synthetic_slide_task import synthetic_slide_task
-from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
+from pathfm.runs import evaluate as patch_run
+from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 
 log = logging.getLogger("pathfm")
 FEATURES = ("cls", "mean_patch", "cls+mean_patch")

@@ -8,8 +8,8 @@ import pytest
 from pathfm.data import slides as slides_lib
 from pathfm.data.synthetic import TISSUE_CLASSES, load_annotation
 from pathfm.errors import ConfigError, DataError
-from pathfm.evaluation.mil_run import _labels, mil_config, validate_mil
 from pathfm.evaluation.synthetic_slide_task import synthetic_slide_task
+from pathfm.runs.evaluate_mil import _labels, mil_config, validate_mil
 
 
 def test_synthetic_slide_task_labels_slides_by_tumour_presence(tmp_path):

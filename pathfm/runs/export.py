@@ -18,9 +18,9 @@ import pathfm
 from pathfm.config import config_from_json
 from pathfm.errors import ConfigError
 from pathfm.interop.timm_export import FORMATS, check_formats, export_backbone
+from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys, run_folder
 from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import load_weights
-from pathfm.train.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys, run_folder
 
 log = logging.getLogger("pathfm")
 

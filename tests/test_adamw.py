@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from pathfm.train.optimizer import (
+from pathfm.adamw import (
     adamw,
     clip_by_tensor_norm,
     dino_decay_mask,
