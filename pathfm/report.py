@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
+from pathfm.atomic import atomic_path
 from pathfm.errors import DataError, PathfmError
 from pathfm.train.metrics_log import read_metrics
 
@@ -129,10 +129,9 @@ def render_report(workdir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(f"{workdir} ({method}step {records[-1]['step']})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

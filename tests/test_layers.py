@@ -11,9 +11,9 @@ import pytest
 from testutil import REPO
 
 LAYERS = (
-    # basics: errors, schedules, the optimiser transforms, pytree names, device layout
+    # basics: errors, schedules, optimiser transforms, pytree names, atomic files, device layout
     ("pathfm", "pathfm.errors", "pathfm.schedules", "pathfm.adamw", "pathfm.pytree",
-     "pathfm.parallel"),
+     "pathfm.atomic", "pathfm.parallel"),
     ("pathfm.models",),  # Flax modules and their array ops
     ("pathfm.data",),  # host input: slides, index, sampler, crops, masks; device colour ops
     ("pathfm.ssl",),  # methods and losses

@@ -19,7 +19,6 @@ TissueIndex.load).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -27,12 +26,12 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pathfm.atomic import atomic_path, write_atomic
 from pathfm.data import sampler as sampler_lib
 from pathfm.data import tissue_runs
 from pathfm.data.slides import SlideRecord
@@ -131,16 +130,9 @@ def write_entry(file: str, key: str, result: sampler_lib.SlideInfo | str, made_b
             np.ascontiguousarray(a, dtype).tobytes()
             for a, dtype in zip(runs, _RUN_DTYPES, strict=True)
         )
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=".entry-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(header).encode() + b"\n")
-            f.write(body)
-        os.chmod(tmp, 0o644)  # shared by every user of the index directory
-        os.replace(tmp, file)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    with atomic_path(file) as tmp, open(tmp, "wb") as f:  # shared by every user of the index
+        f.write(json.dumps(header).encode() + b"\n")
+        f.write(body)
 
 
 def _body_size(header: dict) -> int:
@@ -397,9 +389,7 @@ def prepare_index(
     )
     report.owned = len(owned)
     shard = shard_file(work_dir, process_index, process_count)
-    with open(shard + ".tmp", "w") as f:
-        json.dump(rows, f)
-    os.replace(shard + ".tmp", shard)
+    write_atomic(shard, json.dumps(rows))
     barrier(f"pathfm-index-entries-{key}")
     if process_index == 0:
         shards = [shard_file(work_dir, p, process_count) for p in range(process_count)]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from pathfm.atomic import atomic_path
 from pathfm.data import tissue as tissue_lib
 
 logger = logging.getLogger(__name__)
@@ -91,18 +90,9 @@ def store(cache_dir: str, key: str, info: SlideInfo) -> None:
         "size": np.array((info.width, info.height), np.int64),
         "level_mpps": np.array(info.level_mpps, np.float64),
     }
-    tmp = None
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".mask-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(entry_path(cache_dir, key)) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, entry_path(cache_dir, key))
-        tmp = None
     except OSError as e:
         logger.warning("Could not write the mask cache entry in %s: %s", cache_dir, e)
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)

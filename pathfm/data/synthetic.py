@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from pathfm.atomic import atomic_path
 from pathfm.errors import DataError
 
 TISSUE_CLASSES: tuple[str, ...] = ("stroma", "tumor", "lymphocytes", "adipose", "necrosis")
@@ -380,16 +381,14 @@ def _write_pyramid(path: Path, img: np.ndarray, mpp: float, sizes: list, tile: i
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a hidden temp file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``write(tmp)`` on a temporary file beside ``path``, then renamed into place; an OS error
+    names the file (DataError)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            write(tmp)
     except OSError as e:
         raise DataError(f"cannot write {path}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_args(w: int, h: int, mpp: float, tile: int, ds: int, min_size: int, q: int) -> None:

@@ -13,20 +13,19 @@ another slide of the run (or an existing file in `out_dir` from another slide) h
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from pathfm.atomic import atomic_path, write_atomic
 from pathfm.data import sampler
 from pathfm.data import slides as slides_lib
 from pathfm.data import tissue as tissue_lib
@@ -165,30 +164,9 @@ def _extract(
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temp file beside `path`, then os.replace: never a partial `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """JSON written atomically (temp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """np.savez, atomically: never a partial `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _stored_slide(file: Path) -> str | None:
@@ -332,7 +310,7 @@ def extract_slide_features(
         "n_tiles_written": sum(item["n_tiles"] for item in summary["written"]),
         **summary,
     }
-    _write_json(out_dir / SUMMARY_FILE, summary)
+    write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary
 
 

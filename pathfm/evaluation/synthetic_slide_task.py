@@ -18,6 +18,7 @@ import csv
 import os
 from pathlib import Path
 
+from pathfm.atomic import atomic_path
 from pathfm.data.synthetic import TISSUE_CLASSES, generate_synthetic_slides
 from pathfm.errors import DataError
 
@@ -53,10 +54,8 @@ def synthetic_slide_task(
     )
     manifest = directory / MANIFEST
     rows = [(p.name, "tumor") for p in tumor] + [(p.name, "normal") for p in normal]
-    tmp = manifest.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("path", "label"))
         writer.writerows(sorted(rows))
-    os.replace(tmp, manifest)
     return manifest

@@ -9,13 +9,13 @@ Files are written under a temporary name and renamed when complete; the JSON com
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pathfm.atomic import atomic_path, write_atomic
 from pathfm.errors import ConfigError
 from pathfm.interop import key_map
 from pathfm.interop.timm_import import EXTRA_HINT, require_package
@@ -37,26 +37,13 @@ def check_formats(formats: Iterable[str]) -> None:
             require_package(module, f"config.formats={fmt!r}")
 
 
-def _atomic(path: Path, write) -> None:
-    """`write(tmp)`, then rename tmp to `path` with the usual permissions (safetensors writes
-    0600 files)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_safetensors(state: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
     """A safetensors file of NumPy arrays (no torch)."""
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
 
 
 def write_pth(state: dict[str, np.ndarray], path: Path) -> None:
@@ -66,7 +53,8 @@ def write_pth(state: dict[str, np.ndarray], path: Path) -> None:
     except ImportError:
         raise ConfigError(f"writing {path.name} needs PyTorch: {EXTRA_HINT}") from None
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}  # own, writable copies
-    _atomic(path, lambda tmp: torch.save(tensors, tmp))
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)
 
 
 def eva_env(name: str, kwargs: dict[str, Any], checkpoint: Path, meta: dict) -> dict[str, str]:
@@ -136,7 +124,7 @@ def export_backbone(
         write_safetensors(state, output / files["safetensors"], metadata)
     if "pth" in formats:
         write_pth(state, output / files["pth"])
-    _atomic(output / "hubconf.py", lambda tmp: tmp.write_text(HUBCONF.read_text()))
+    write_atomic(output / "hubconf.py", HUBCONF.read_text())
     text = json.dumps(description, indent=2) + "\n"
-    _atomic(output / f"{name}.json", lambda tmp: tmp.write_text(text))
+    write_atomic(output / f"{name}.json", text)
     return description

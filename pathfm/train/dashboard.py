@@ -21,6 +21,8 @@ import cv2
 import ml_collections
 import numpy as np
 
+from pathfm.atomic import write_atomic
+
 # ---- Tags ------------------------------------------------------------------------------------
 
 GROUPS = {
@@ -180,9 +182,7 @@ def truncate_events(path: Path, step: int) -> None:
         pos = end
     new = b"".join(kept)
     if new != data:
-        tmp = path.with_name(".truncating")  # no "tfevents" in the name: readers skip it
-        tmp.write_bytes(new)
-        os.replace(tmp, path)
+        write_atomic(path, new)  # the temporary name holds no "tfevents": readers skip it
 
 
 # ---- Image grids -----------------------------------------------------------------------------
