@@ -17,7 +17,7 @@ from pathfm.data.pipeline import multicrop_config, tissue_config
 from pathfm.data.tissue import TissueConfig
 from pathfm.errors import ConfigError
 from pathfm.evaluation.datasets import DATASETS
-from pathfm.evaluation.online import PROTOCOLS
+from pathfm.evaluation.protocols import check_protocols
 from pathfm.interop.timm_import import SUFFIXES, check_init_from
 from pathfm.models.vit import ATTENTION_TYPES, REMAT_TYPES, SIZE_ALIASES, VIT_SIZES
 from pathfm.parallel import mesh_shape
@@ -441,11 +441,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
     tasks = ("", "synthetic", *DATASETS)
     _require(c.monitor.online_task in tasks, "monitor.online_task", f"use one of {tasks}")
-    _require(
-        set(c.monitor.online_protocols) <= set(PROTOCOLS),
-        "monitor.online_protocols",
-        f"use one or more of {PROTOCOLS}",
-    )
+    check_protocols(c.monitor.online_protocols, "monitor.online_protocols", allow_empty=True)
     _require(
         c.monitor.every_steps == 0 or c.monitor.num_patches >= 2,
         "monitor.num_patches",

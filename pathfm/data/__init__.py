@@ -1,1 +1,3 @@
-"""Host-side input: slide reading, tissue masks, online patching with grain, augmentation."""
+"""Input: slide reading, tissue masks, the slide index, online patching with grain, multi-crop
+augmentation on the host, iBOT block masks, and the colour augmentation that runs in the jitted
+step (`device_augment`)."""

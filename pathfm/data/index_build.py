@@ -46,7 +46,7 @@ from pathfm.data.tissue_index import (
 )
 from pathfm.errors import ConfigError, DataError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ENTRY_VERSION = 2  # bump when an entry's fields change meaning (2: runs by row)
 _RUN_DTYPES = ("<u4", "<u4", "<u2", "<u2")  # row_ptr, row_cum, begin, end
@@ -175,7 +175,7 @@ def read_entry(file: str, key: str) -> Entry | None:
     except FileNotFoundError:
         return None
     except _LOAD_ERRORS as e:
-        logger.warning("Ignoring damaged index entry %s (%s: %s)", file, type(e).__name__, e)
+        log.warning("Ignoring damaged index entry %s (%s: %s)", file, type(e).__name__, e)
         return None
 
 
@@ -190,7 +190,7 @@ def entry_is_complete(file: str, key: str) -> bool:
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as e:
-        logger.warning("Recomputing damaged index entry %s (%s: %s)", file, type(e).__name__, e)
+        log.warning("Recomputing damaged index entry %s (%s: %s)", file, type(e).__name__, e)
         return False
     try:
         return header.get("key") == key and size == len(line) + _body_size(header)
@@ -264,7 +264,7 @@ def compute_entries(
         if not entry_is_complete(file, key):
             tasks.append((len(rows) - 1, (record, key, file, inspect, made_by)))
     pool_size = _pool_size(workers, len(tasks))
-    logger.info(
+    log.info(
         "%s: %d slides owned, %d to compute on %d worker(s), %d prepared earlier",
         made_by, len(owned), len(tasks), pool_size, len(owned) - len(tasks),
     )  # fmt: skip
@@ -296,7 +296,7 @@ def _drain(results, total: int) -> list[str]:
     for done, result in enumerate(results, start=1):
         collected.append(result)
         if done % step == 0 or done == total:
-            logger.info("prepared %d/%d slides", done, total)
+            log.info("prepared %d/%d slides", done, total)
     return collected
 
 

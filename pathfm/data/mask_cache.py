@@ -14,7 +14,7 @@ import numpy as np
 from pathfm.atomic import atomic_path
 from pathfm.data import tissue as tissue_lib
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Bump when the mask or the stored fields change meaning (e.g. a new thumbnail reader).
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ def load(cache_dir: str, key: str, path: str) -> SlideInfo | None:
             mpp, mask_mpp = float(z["mpp"]), float(z["mask_mpp"])
             return SlideInfo(path, mpp, width, height, level_mpps, mask, mask_mpp)
     except _LOAD_ERRORS as e:
-        logger.debug("Ignoring unreadable mask cache entry %s: %s: %s", file, type(e).__name__, e)
+        log.debug("Ignoring unreadable mask cache entry %s: %s: %s", file, type(e).__name__, e)
         return None
 
 
@@ -95,4 +95,4 @@ def store(cache_dir: str, key: str, info: SlideInfo) -> None:
         with atomic_path(entry_path(cache_dir, key)) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
     except OSError as e:
-        logger.warning("Could not write the mask cache entry in %s: %s", cache_dir, e)
+        log.warning("Could not write the mask cache entry in %s: %s", cache_dir, e)

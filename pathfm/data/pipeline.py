@@ -29,7 +29,7 @@ from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 STREAM_LENGTH = 2**62  # "endless": far more samples than any run draws
 PROBE_SEED_OFFSET = 1_000_003  # the monitor's probe set comes from its own seed stream
@@ -64,12 +64,12 @@ def drop_duplicates(records: list[SlideRecord], dedupe: bool) -> list[SlideRecor
         return records
     examples = ", ".join(records[i].path for i in repeated[:3])
     if not dedupe:
-        logger.warning(
+        log.warning(
             "%d slide(s) are listed more than once (e.g. %s) and are drawn that much more "
             "often (data.dedupe=False)", len(repeated), examples,
         )  # fmt: skip
         return records
-    logger.warning(
+    log.warning(
         "%d repeated slide(s) left out (e.g. %s): each slide counts once; set "
         "data.dedupe=False to weight a slide by listing it again", len(repeated), examples,
     )  # fmt: skip
@@ -121,15 +121,15 @@ def build_slide_index(
     root = str(Path(d.root).expanduser().absolute()) if d.root else None  # None: as built
     index = TissueIndex.load(report.directory, root=root, max_mpp=max_mpp)
     if report.owned:
-        logger.info(
+        log.info(
             "slide index %s: computed %d and reused %d of this process's %d slides in %.1f s",
             report.directory, report.computed, report.reused, report.owned, report.seconds,
         )  # fmt: skip
     else:
-        logger.info("slide index %s: prepared earlier", report.directory)
+        log.info("slide index %s: prepared earlier", report.directory)
     if index.rejected:
         rejected = index.rejected
-        logger.warning("Skipped %d unusable slide(s):\n%s", len(rejected), list_reasons(rejected))
+        log.warning("Skipped %d unusable slide(s):\n%s", len(rejected), list_reasons(rejected))
     if stop_on_bad:
         index_build.check_usable(index, len(records), d.on_bad_slide, d.max_bad_fraction)
     return index

@@ -23,7 +23,7 @@ from pathfm.data.mask_cache import SlideInfo
 from pathfm.data.tissue_index import TissueIndex, too_coarse
 from pathfm.errors import ConfigError, DataError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # What reading a bad slide raises: OpenSlide errors, I/O errors, bad values, failed decodes.
 READ_ERRORS = (openslide.OpenSlideError, OSError, ValueError, cv2.error)
@@ -145,7 +145,7 @@ class SlideIndex:
                 if on_bad_slide == "error":
                     pool.shutdown(cancel_futures=True)
                     raise DataError(f"Slide {record.path} is unusable: {result}.")
-                logger.warning("Skipping slide %s: %s", record.path, result)
+                log.warning("Skipping slide %s: %s", record.path, result)
                 rejected.append((record.path, result))
         if not slides:
             raise DataError(
@@ -358,7 +358,7 @@ class PatchSampler:
             if key in self._warned:
                 return
             self._warned.add(key)
-        logger.warning(
+        log.warning(
             "Read error in slide %s: %s: %s (further %s errors of this slide are counted in "
             "read_errors_total, not printed)", path, key[1], error, key[1],
         )  # fmt: skip

@@ -1,1 +1,2 @@
-"""Representation monitors and downstream evaluation."""
+"""Evaluation protocols as a library: RankMe/ODCorr and the online probe (used during
+training), feature extraction, patch and slide data sets, linear probe, kNN and MIL."""

@@ -20,13 +20,11 @@ import numpy as np
 from pathfm.data.slides import find_slides
 from pathfm.data.synthetic import has_annotation
 from pathfm.errors import ConfigError
-from pathfm.evaluation import metrics
 from pathfm.evaluation.datasets import load_dataset
-from pathfm.evaluation.knn import knn_classify
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
+from pathfm.evaluation.protocols import check_protocols, knn_scores
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
 
-PROTOCOLS = ("knn", "linear_probe")
 # A short probe: the online number tracks progress; the full eva protocol runs offline.
 ONLINE_PROBE = LinearProbeConfig(max_steps=1000, patience_steps=250, eval_every=50, seeds=(0,))
 
@@ -65,9 +63,7 @@ class OnlineProbe:
 
     def __init__(self, config: ml_collections.ConfigDict, slide_source: str):
         m = config.monitor
-        bad = [p for p in m.online_protocols if p not in PROTOCOLS]
-        if bad:
-            raise ConfigError(f"config.monitor.online_protocols: {bad} not in {PROTOCOLS}")
+        check_protocols(m.online_protocols, "monitor.online_protocols", allow_empty=True)
         size = config.crops.global_size
         if m.online_task == "synthetic":
             task = synthetic_patch_task(
@@ -94,12 +90,10 @@ class OnlineProbe:
         train_y, test_y = self.sets["train"][1], self.sets[self.test][1]
         out = {}
         if "knn" in self.protocols:
-            predictions, _ = knn_classify(
-                features["train"], train_y, features[self.test], self.num_classes
+            scores = knn_scores(
+                features["train"], train_y, features[self.test], test_y, self.num_classes
             )
-            out["online_knn_balanced_accuracy"] = float(
-                metrics.balanced_accuracy(test_y, predictions, self.num_classes)
-            )
+            out["online_knn_balanced_accuracy"] = scores["balanced_accuracy"]
         if "linear_probe" in self.protocols:
             result = linear_probe(
                 features["train"], train_y, features[self.val], self.sets[self.val][1],

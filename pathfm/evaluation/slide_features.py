@@ -32,7 +32,7 @@ from pathfm.data import tissue as tissue_lib
 from pathfm.data.mask_cache import SlideInfo
 from pathfm.errors import ConfigError, DataError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 ARRAYS = ("cls", "mean_patch", "coords")
@@ -272,7 +272,7 @@ def extract_slide_features(
     handles = slides_lib.SlideHandles(max_open=4)
     for record, file in zip(records, tqdm(existing, unit="slide", desc="slides"), strict=True):
         if file.exists():
-            logger.info("Skipping %s: its features are in %s", record.path, file)
+            log.info("Skipping %s: its features are in %s", record.path, file)
             summary["existing"].append({"slide": record.path, "file": file.name})
             continue
         try:
@@ -284,7 +284,7 @@ def extract_slide_features(
             features = _extract(extractor, batches, batch_size, len(coords), file.stem)
         except (DataError, *sampler.READ_ERRORS) as e:
             reason = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-            logger.warning("Skipping slide %s: %s", record.path, reason)
+            log.warning("Skipping slide %s: %s", record.path, reason)
             summary["failed"].append({"slide": record.path, "reason": reason})
             continue
         finally:

@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from pathfm.models.vit import ViTConfig, resample_pos_embed
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 
 CONV_TO_TORCH = (3, 2, 0, 1)  # [p, p, in, out] -> [out, in, p, p]
 DENSE_TO_TORCH = (1, 0)  # [in, out] -> [out, in]

@@ -24,7 +24,7 @@ from pathfm.errors import ConfigError
 from pathfm.interop import key_map
 from pathfm.models.vit import ViTConfig
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")

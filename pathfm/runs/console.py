@@ -23,6 +23,7 @@ from pathfm.errors import PathfmError
 LOG_FILE = "pathfm.log"
 FORMAT = "%(asctime)s %(name)s: %(message)s"
 _QUIET_LIBRARIES = ("absl", "orbax", "jax._src")
+log = logging.getLogger(__name__)
 _installed: list[logging.Handler] = []  # the handlers the newest Console added to the root
 
 
@@ -84,7 +85,7 @@ class Console:
         text = "".join(
             traceback.format_exception(info.exc_type, info.exc_value, info.exc_traceback)
         )
-        logging.getLogger("pathfm.unraisable").debug("%s: %s", info.err_msg or "ignored", text)
+        log.debug("%s: %s", info.err_msg or "ignored", text)
         if self.verbose:
             sys.__unraisablehook__(info)
 
@@ -117,7 +118,7 @@ class Console:
 
     def failure(self, error: BaseException, command: str = "") -> tuple[str, int]:
         """(one-line message, exit code) for `error`; its traceback goes to the log file."""
-        logging.getLogger("pathfm").debug("failed", exc_info=error)
+        log.debug("failed", exc_info=error)
         message, code = failure_message(error)
         if code == 2:  # the user's to fix: the line says what to do
             return message, code

@@ -21,7 +21,6 @@ import numpy as np
 from pathfm import parallel
 from pathfm.config import config_from_json
 from pathfm.errors import ConfigError
-from pathfm.evaluation import metrics
 from pathfm.evaluation.datasets import DATASETS, load_dataset
 from pathfm.evaluation.datasets.base import PatchDataset
 from pathfm.evaluation.features import (
@@ -29,15 +28,14 @@ from pathfm.evaluation.features import (
     default_backbone,
     extract_features,
 )
-from pathfm.evaluation.knn import knn_classify
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
+from pathfm.evaluation.protocols import PROTOCOLS, check_protocols, knn_scores
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
 from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 from pathfm.runs.extractor import load_extractor
 from pathfm.train.build import build_setup
 
-log = logging.getLogger("pathfm")
-PROTOCOLS = ("linear_probe", "knn")
+log = logging.getLogger(__name__)
 TASKS = (*DATASETS, "synthetic")
 
 
@@ -63,9 +61,7 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     resolve_checkpoint_keys(config)
     if config.task not in TASKS:
         raise ConfigError(f"config.task: {config.task!r} is not one of {', '.join(TASKS)}")
-    bad = [p for p in config.protocols if p not in PROTOCOLS]
-    if bad or not config.protocols:
-        raise ConfigError(f"config.protocols: use one or more of {PROTOCOLS}, got {bad}")
+    check_protocols(config.protocols, "protocols")
     if config.task != "synthetic" and not config.data_root:
         raise ConfigError(f"config.data_root: the folder of the {config.task} data set")
     try:
@@ -174,15 +170,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         )
         results["protocols"]["linear_probe"] = {"mean": probe["mean"], "std": probe["std"]}
     if "knn" in config.protocols:
-        predictions, _ = knn_classify(
-            train[0], train[1], test[0], n_classes, config.knn.k, config.knn.temperature
-        )
-        bacc = float(metrics.balanced_accuracy(test[1], predictions, n_classes))
-        acc = float(metrics.accuracy(test[1], predictions))
-        results["protocols"]["knn"] = {
-            "mean": {"balanced_accuracy": bacc, "accuracy": acc},
-            "std": {"balanced_accuracy": 0.0, "accuracy": 0.0},
-        }
+        scores = knn_scores(*train, *test, n_classes, config.knn.k, config.knn.temperature)
+        results["protocols"]["knn"] = {"mean": scores, "std": dict.fromkeys(scores, 0.0)}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     (workdir / "results.md").write_text(markdown_table(results))

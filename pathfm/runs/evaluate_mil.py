@@ -33,7 +33,7 @@ from pathfm.evaluation.synthetic_slide_task import synthetic_slide_task
 from pathfm.runs import evaluate as patch_run
 from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 FEATURES = ("cls", "mean_patch", "cls+mean_patch")
 
 

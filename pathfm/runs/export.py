@@ -22,7 +22,7 @@ from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 from pathfm.ssl.registry import build_method
 from pathfm.train.checkpoint import load_weights
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 
 
 def export_config() -> ml_collections.ConfigDict:

@@ -21,7 +21,7 @@ import ml_collections
 from pathfm.errors import ConfigError
 from pathfm.train.checkpoint import complete_steps
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 
 CHANGES_FILE = "config_changes.jsonl"
 

@@ -1,1 +1,2 @@
-"""Self-supervised methods, one module per method, each a set of pure functions of arrays."""
+"""Self-supervised methods behind one interface (`base.Method`): DINO, DINOv2 and MAE, with
+each loss in a small module of pure functions of arrays."""

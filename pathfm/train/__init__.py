@@ -1,1 +1,2 @@
-"""Train state, optimiser, schedules, the method-agnostic loop and checkpointing."""
+"""Pre-training: the optimiser of a config, the train state and its pure step, the
+method-agnostic loop, checkpoints, metrics and dashboards."""

@@ -33,7 +33,7 @@ from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records
 from pathfm.train.preemption import PreemptionWatch, signals_deferred
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 # What a run writes about itself; a restart from step 0 moves the old ones aside (dated).
 RECORDS = ("metrics.jsonl", "tensorboard", "config.json", "config_changes.jsonl", "slides.json")
 

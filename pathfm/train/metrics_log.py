@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("pathfm")
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
