@@ -1,4 +1,5 @@
-"""The base experiment config (every key, with DINO's reference defaults) and its validation.
+"""The base experiment config (every key, with DINO's reference defaults), the presets, and
+`validate`, which asks each subsystem to check its own keys.
 
 Experiment files in `configs/` start from `base_config()` and change what differs. Defaults follow
 facebookresearch/dino main_dino.py (`get_args_parser`) for ViT-S/16; where online patching needs
@@ -8,21 +9,17 @@ a notion the reference lacks, it is named here (`steps_per_epoch`: a pseudo-epoc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import ml_collections
 
-from pathfm.data.pipeline import multicrop_config, tissue_config
-from pathfm.data.tissue import TissueConfig
-from pathfm.errors import ConfigError
-from pathfm.evaluation.datasets import DATASETS
-from pathfm.evaluation.protocols import check_protocols
-from pathfm.interop.timm_import import SUFFIXES, check_init_from
-from pathfm.models.vit import ATTENTION_TYPES, REMAT_TYPES, SIZE_ALIASES, VIT_SIZES
-from pathfm.parallel import mesh_shape
-from pathfm.parallel.partitioning import DEFAULT_RULES, check_rules
-from pathfm.ssl.registry import METHODS, build_method
+from pathfm.data.checks import check_crops_config, check_data_config
+from pathfm.errors import ConfigError, require
+from pathfm.evaluation.online import check_monitor_config
+from pathfm.models.checks import check_model_config
+from pathfm.parallel.partitioning import DEFAULT_RULES
+from pathfm.ssl.registry import check_method_config
+from pathfm.train.checks import check_init_from_config, check_training_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -263,191 +260,15 @@ def dinov2_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{key}: {message}")
-
-
-def _check_data_objects(config: ml_collections.ConfigDict) -> None:
-    """Builds the tissue and multi-crop settings, whose own checks name the bad field."""
-    for group, build in (("data", tissue_config), ("crops", multicrop_config)):
-        try:
-            build(config)
-        except ConfigError as e:
-            raise ConfigError(f"config.{group}: {e}") from None
-
-
-def _check_mesh(mesh: ml_collections.ConfigDict, num_devices: int) -> None:
-
-    try:
-        mesh_shape(mesh.data, mesh.fsdp, num_devices)
-    except ValueError as e:
-        raise ConfigError(f"config.mesh: {e}") from None
-    check_rules(mesh.rules)
-    _require(mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size", "must be >= 0")
-
-
-def _check_init_from(config: ml_collections.ConfigDict) -> None:
-    """The weights file exists, has a known format and fits the backbone (shapes only)."""
-    import jax
-
-    path = Path(config.model.init_from)
-    _require(path.is_file(), "model.init_from", f"{path} does not exist")
-    _require(path.suffix in SUFFIXES, "model.init_from", f"{path.name}: use one of {SUFFIXES}")
-    method = build_method(config)
-    params, extra = jax.eval_shape(method.init, jax.random.key(0))
-    backbone = method.backbone(params, extra, "student")
-    check_init_from(path, config.model.init_prefix, backbone.config, backbone.params)
-
-
-def _check_speed_options(m: ml_collections.ConfigDict) -> None:
-    """model.attention and model.remat name known kernels; cuDNN attention needs an NVIDIA GPU
-    and bfloat16 (its fused kernel has no float32 path)."""
-    import jax
-
-    _require(m.attention in ATTENTION_TYPES, "model.attention", f"use one of {ATTENTION_TYPES}")
-    _require(m.remat in REMAT_TYPES, "model.remat", f"use one of {REMAT_TYPES}")
-    if m.attention == "cudnn":
-        _require(
-            jax.default_backend() == "gpu" and m.dtype == "bfloat16",
-            "model.attention",
-            f"'cudnn' needs an NVIDIA GPU and model.dtype='bfloat16' (backend "
-            f"{jax.default_backend()}, dtype {m.dtype}); use 'dot_product' to let XLA choose",
-        )
-
-
-def validate_data(c: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first invalid `data.*` value (training and preparation)."""
-    d = c.data
-    for key in ("mpps", "mpp_weights"):
-        _require(
-            isinstance(d[key], tuple | list) and all(_is_number(v) for v in d[key]),
-            f"data.{key}",
-            f"expected numbers, e.g. --config.data.{key}='(0.5, 1.0)', got {d[key]!r}",
-        )
-    _require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
-    _require(
-        not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
-        "data.mpp_weights",
-        "must be empty or have one weight per entry of data.mpps",
-    )
-    _require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
-    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
-    _require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
-    _require(
-        d.slide_weighting in ("uniform", "tissue_area"),
-        "data.slide_weighting",
-        "use 'uniform' or 'tissue_area'",
-    )
-    _require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
-    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
-    _require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
-    _require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
-    _require(
-        d.prefetch_batches >= d.read_threads,
-        "data.prefetch_batches",
-        f"must be >= data.read_threads ({d.read_threads}): a thread assembles one batch",
-    )
-    _require(
-        not d.root or os.path.isdir(os.path.expanduser(d.root)),
-        "data.root",
-        f"{d.root!r} is not a directory; point it at the folder the slide paths are relative to",
-    )
-
-    try:
-        TissueConfig.from_mapping(d)
-    except ConfigError as e:
-        raise ConfigError(f"config.data: {e}") from None
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    """Raises ConfigError naming the first invalid value; checks everything before any work."""
-    c = config
-    _require(c.mode in ("pretrain",), "mode", f"{c.mode!r} is not one of: pretrain")
-    _require(c.method in METHODS, "method", f"{c.method!r} is not one of: {', '.join(METHODS)}")
-    for key in ("epochs", "steps_per_epoch", "batch_size", "log_every_steps"):
-        _require(c[key] > 0, key, f"must be > 0, got {c[key]}")
-    _require(
-        c.batch_size % num_devices == 0,
-        "batch_size",
-        f"{c.batch_size} must be divisible by the {num_devices} devices (the batch is split "
-        "over all of them)",
-    )
-    _require(c.on_nonfinite in ("stop", "skip"), "on_nonfinite", "use 'stop' or 'skip'")
-    _check_mesh(c.mesh, num_devices)
-    m = c.model
-    sizes = ", ".join([*VIT_SIZES, *SIZE_ALIASES])
-    _require(
-        m.size in VIT_SIZES or m.size in SIZE_ALIASES,
-        "model.size",
-        f"unknown size {m.size!r}; use one of {sizes}",
-    )
-    _require(m.dtype in ("float32", "bfloat16"), "model.dtype", "use float32 or bfloat16")
-    _require(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
-    for key in ("img_size",):
-        _require(m[key] % m.patch_size == 0, f"model.{key}", "must be a multiple of patch_size")
-    cr = c.crops
-    for key in ("global_size", "local_size"):
-        _require(
-            cr[key] % m.patch_size == 0,
-            f"crops.{key}",
-            f"{cr[key]} must be a multiple of model.patch_size ({m.patch_size})",
-        )
-    for key in ("global_size", "local_size"):  # a crop is cut from the data.patch_size read
-        _require(
-            cr[key] <= c.data.patch_size,
-            f"crops.{key}",
-            f"{cr[key]} px is larger than the {c.data.patch_size} px read per sample "
-            f"(data.patch_size): every crop would be upsampled; raise data.patch_size to "
-            f"{cr[key]} or more, or lower crops.{key}",
-        )
-    for key in ("global_scale", "local_scale"):
-        lo, hi = cr[key]
-        _require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
-    _require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
-    _require(0.0 <= cr.hed_p <= 1.0, "crops.hed_p", "must be in [0, 1]")
-    validate_data(c)
-    o = c.optim
-    _require(o.lr > 0 and o.min_lr >= 0, "optim.lr", "lr must be > 0 and min_lr >= 0")
-    _require(0 <= o.warmup_epochs <= c.epochs, "optim.warmup_epochs", "must be in [0, epochs]")
-    dn = c.dino
-    _require(dn.out_dim > 0 and dn.nlayers >= 1, "dino.out_dim", "out_dim > 0 and nlayers >= 1")
-    _require(
-        0 <= dn.warmup_teacher_temp_epochs <= c.epochs,
-        "dino.warmup_teacher_temp_epochs",
-        "must be in [0, epochs]",
-    )
-    _check_data_objects(c)
-    _require(0.0 < c.mae.mask_ratio < 1.0, "mae.mask_ratio", "must be in (0, 1)")
-    _require(
-        c.dinov2.centering in ("centering", "sinkhorn_knopp"),
-        "dinov2.centering",
-        "use 'centering' or 'sinkhorn_knopp'",
-    )
-    _require(
-        c.optim.lr_scaling in ("linear256", "sqrt1024"),
-        "optim.lr_scaling",
-        "use 'linear256' or 'sqrt1024'",
-    )
-    _require(m.ffn in ("mlp", "swiglu"), "model.ffn", "use 'mlp' or 'swiglu'")
-    _check_speed_options(m)
-    _require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
-    _require(c.monitor.every_steps >= 0, "monitor.every_steps", "must be >= 0")
-
-    tasks = ("", "synthetic", *DATASETS)
-    _require(c.monitor.online_task in tasks, "monitor.online_task", f"use one of {tasks}")
-    check_protocols(c.monitor.online_protocols, "monitor.online_protocols", allow_empty=True)
-    _require(
-        c.monitor.every_steps == 0 or c.monitor.num_patches >= 2,
-        "monitor.num_patches",
-        "need at least 2 probe patches",
-    )
-    for key in ("image_every_steps", "image_samples"):
-        _require(c.dashboard[key] >= 0, f"dashboard.{key}", "must be >= 0")
-    if m.init_from:
-        _check_init_from(c)
+    """ConfigError naming the first invalid value, before any work: each subsystem checks its
+    own keys."""
+    require(config.mode in ("pretrain",), "mode", f"{config.mode!r} is not one of: pretrain")
+    check_training_config(config, num_devices)
+    check_model_config(config.model)
+    check_crops_config(config)
+    check_data_config(config)
+    check_method_config(config)
+    check_monitor_config(config)
+    if config.model.init_from:
+        check_init_from_config(config)

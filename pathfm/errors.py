@@ -20,3 +20,10 @@ class TrainingStopped(PathfmError):
     checkpoint is kept."""
 
     exit_code = 3
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """ConfigError `config.<key>: <message>` unless `ok`: each subsystem checks its config keys
+    with it before any work."""
+    if not ok:
+        raise ConfigError(f"config.{key}: {message}")

@@ -19,14 +19,28 @@ import numpy as np
 
 from pathfm.data.slides import find_slides
 from pathfm.data.synthetic import has_annotation
-from pathfm.errors import ConfigError
-from pathfm.evaluation.datasets import load_dataset
+from pathfm.errors import ConfigError, require
+from pathfm.evaluation.datasets import DATASETS, load_dataset
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
 from pathfm.evaluation.protocols import check_protocols, knn_scores
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
 
 # A short probe: the online number tracks progress; the full eva protocol runs offline.
 ONLINE_PROBE = LinearProbeConfig(max_steps=1000, patience_steps=250, eval_every=50, seeds=(0,))
+
+
+def check_monitor_config(c: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first invalid `monitor.*` value."""
+    m = c.monitor
+    require(m.every_steps >= 0, "monitor.every_steps", "must be >= 0")
+    tasks = ("", "synthetic", *DATASETS)
+    require(m.online_task in tasks, "monitor.online_task", f"use one of {tasks}")
+    check_protocols(m.online_protocols, "monitor.online_protocols", allow_empty=True)
+    require(
+        m.every_steps == 0 or m.num_patches >= 2,
+        "monitor.num_patches",
+        "need at least 2 probe patches",
+    )
 
 
 def online_task(config: ml_collections.ConfigDict, slide_source: str) -> tuple[str, str]:

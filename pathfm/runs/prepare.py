@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from pathfm.config import validate_data
 from pathfm.data import pipeline
+from pathfm.data.checks import check_data_config
 from pathfm.errors import ConfigError
 from pathfm.parallel import distributed
 
@@ -27,7 +27,7 @@ def validate_prepare(config: ml_collections.ConfigDict) -> None:
             "config.data.slides: name the slides to index (a directory, a glob pattern or a CSV "
             "manifest), e.g. --config.data.slides=/data/tcga/manifest.csv"
         )
-    validate_data(config)
+    check_data_config(config)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:

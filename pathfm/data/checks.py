@@ -1,0 +1,88 @@
+"""Checks of the `data.*` and `crops.*` config keys, before any slide is read."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from pathfm.data.augment import multicrop_config
+from pathfm.data.tissue import TissueConfig
+from pathfm.errors import ConfigError, require
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_data_config(c: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first invalid `data.*` value (training and preparation)."""
+    d = c.data
+    for key in ("mpps", "mpp_weights"):
+        require(
+            isinstance(d[key], tuple | list) and all(_is_number(v) for v in d[key]),
+            f"data.{key}",
+            f"expected numbers, e.g. --config.data.{key}='(0.5, 1.0)', got {d[key]!r}",
+        )
+    require(len(d.mpps) > 0 and min(d.mpps) > 0, "data.mpps", "need at least one mpp > 0")
+    require(
+        not d.mpp_weights or len(d.mpp_weights) == len(d.mpps),
+        "data.mpp_weights",
+        "must be empty or have one weight per entry of data.mpps",
+    )
+    require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
+    require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
+    require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+    require(
+        d.slide_weighting in ("uniform", "tissue_area"),
+        "data.slide_weighting",
+        "use 'uniform' or 'tissue_area'",
+    )
+    require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
+    require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
+    require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
+    require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
+    require(
+        d.prefetch_batches >= d.read_threads,
+        "data.prefetch_batches",
+        f"must be >= data.read_threads ({d.read_threads}): a thread assembles one batch",
+    )
+    require(
+        not d.root or os.path.isdir(os.path.expanduser(d.root)),
+        "data.root",
+        f"{d.root!r} is not a directory; point it at the folder the slide paths are relative to",
+    )
+    try:
+        TissueConfig.from_mapping(d)
+    except ConfigError as e:
+        raise ConfigError(f"config.data: {e}") from None
+
+
+def check_crops_config(c: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first invalid `crops.*` value: sizes fit the model's patches and
+    the patch read per sample, scales are fractions, and the augmentation settings build."""
+    cr, patch = c.crops, c.model.patch_size
+    for key in ("global_size", "local_size"):
+        require(
+            cr[key] % patch == 0,
+            f"crops.{key}",
+            f"{cr[key]} must be a multiple of model.patch_size ({patch})",
+        )
+    for key in ("global_size", "local_size"):  # a crop is cut from the data.patch_size read
+        require(
+            cr[key] <= c.data.patch_size,
+            f"crops.{key}",
+            f"{cr[key]} px is larger than the {c.data.patch_size} px read per sample "
+            f"(data.patch_size): every crop would be upsampled; raise data.patch_size to "
+            f"{cr[key]} or more, or lower crops.{key}",
+        )
+    for key in ("global_scale", "local_scale"):
+        lo, hi = cr[key]
+        require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
+    require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
+    require(0.0 <= cr.hed_p <= 1.0, "crops.hed_p", "must be in [0, 1]")
+    try:
+        multicrop_config(c)
+    except ConfigError as e:
+        raise ConfigError(f"config.crops: {e}") from None
