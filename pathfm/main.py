@@ -137,6 +137,14 @@ def parse_args(argv: list[str]):
     return config, fv
 
 
+# Modes that write into --workdir, other than pre-training: (check the config, run).
+WORKDIR_MODES = {
+    "evaluate": (validate_eval, evaluate),
+    "evaluate_mil": (validate_mil, evaluate_mil),
+    "prepare": (validate_prepare, prepare),
+}
+
+
 def run_mode(config, workdir: str | None, run: RunWorkdir) -> None:
     """Validates `config` for its mode, then runs it; nothing is written before validation."""
     if config.mode == "export":
@@ -144,20 +152,11 @@ def run_mode(config, workdir: str | None, run: RunWorkdir) -> None:
         description = export_run(config)
         print(f"pathfm: wrote {description['timm_name']} to {config.output} (docs/interop.md)")
         return
-    if config.mode == "evaluate":
-        validate_eval(config)
+    if config.mode in WORKDIR_MODES:
+        check, start = WORKDIR_MODES[config.mode]
+        check(config)
         run.own()
-        evaluate(config, workdir)
-        return
-    if config.mode == "evaluate_mil":
-        validate_mil(config)
-        run.own()
-        evaluate_mil(config, workdir)
-        return
-    if config.mode == "prepare":
-        validate_prepare(config)
-        run.own()
-        prepare(config, workdir)
+        start(config, workdir)
         return
     validate(config, num_devices=jax.device_count())
     if config.data.slides:

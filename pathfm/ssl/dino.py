@@ -17,19 +17,16 @@ from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
 from pathfm.schedules import cosine_schedule, epoch_linear_warmup
 from pathfm.ssl.base import (
-    Backbone,
     Batch,
     Params,
     backbone_config,
-    check_backbone,
     ema,
-    ema_backbone,
     normalize_images,
     sample_major,
     view_major,
-    with_ema_backbone,
 )
 from pathfm.ssl.dino_loss import dino_loss, update_center
+from pathfm.ssl.ema_teacher import EmaTeacherMethod
 
 
 def build_backbone(model: ml_collections.ConfigDict, drop_path_rate: float) -> VisionTransformer:
@@ -50,12 +47,12 @@ def build_head(config: ml_collections.ConfigDict) -> DINOHead:
     )
 
 
-class Dino:
+class Dino(EmaTeacherMethod):
     """DINO as a `pathfm.ssl.base.Method`."""
 
     name = "dino"
     batch_keys = ("global_crops", "local_crops")
-    backbones = ("teacher", "student")
+    frozen_pattern = r"^head/last_layer/"
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -131,23 +128,3 @@ class Dino:
             extra["center"], aux["teacher_out"], self.config.dino.center_momentum
         )
         return {"teacher": teacher, "center": center}
-
-    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
-        return self._forward(self.teacher, extra["teacher"], images)
-
-    def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
-        backbone = self.backbone(params, extra, which).params
-        x = normalize_images(images, self.mean, self.std, jnp.dtype(self.config.model.dtype))
-        cls, aux = self.teacher.apply({"params": backbone}, x)
-        return cls, aux["patch_tokens"]
-
-    def backbone(self, params: Params, extra: Params, which: str = "teacher") -> Backbone:
-        check_backbone(self, which)
-        return Backbone(ema_backbone(params, extra, which), self.teacher.config)
-
-    def with_backbone(self, params: Params, extra: Params, backbone: Params):
-        return with_ema_backbone(params, extra, backbone)
-
-    def frozen_rule(self) -> tuple[str | None, int]:
-        steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
-        return r"^head/last_layer/", steps

@@ -17,21 +17,18 @@ import ml_collections
 from pathfm.models.vit import VisionTransformer
 from pathfm.schedules import cosine_schedule
 from pathfm.ssl.base import (
-    Backbone,
     Batch,
     Params,
     backbone_config,
-    check_backbone,
     ema,
-    ema_backbone,
     normalize_images,
     sample_major,
     view_major,
-    with_ema_backbone,
 )
 from pathfm.ssl.dino import build_head
 from pathfm.ssl.dino_loss import update_center
 from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
+from pathfm.ssl.ema_teacher import EmaTeacherMethod
 from pathfm.ssl.koleo import koleo_loss
 from pathfm.ssl.sinkhorn import sinkhorn_knopp, softmax_center_teacher
 
@@ -42,12 +39,13 @@ def per_device_koleo(cls: jax.Array, groups: int) -> jax.Array:
     return jnp.mean(jax.vmap(koleo_loss)(cls.reshape(groups, -1, cls.shape[-1])))
 
 
-class DinoV2:
-    """DINOv2 as a `pathfm.ssl.base.Method`."""
+class DinoV2(EmaTeacherMethod):
+    """DINOv2 as a `pathfm.ssl.base.Method`. Its backbones carry the iBOT `mask_token` (not part
+    of timm's layout; export drops it)."""
 
     name = "dinov2"
     batch_keys = ("global_crops", "local_crops", "masks")
-    backbones = ("teacher", "student")
+    frozen_pattern = r"^(dino_head|ibot_head)/last_layer/"
 
     def __init__(self, config: ml_collections.ConfigDict, koleo_groups: int | None = None):
         self.config = config
@@ -173,23 +171,3 @@ class DinoV2:
             "center": update_center(extra["center"], aux["teacher_cls"], m),
             "patch_center": extra["patch_center"] * m + masked_mean[None] * (1.0 - m),
         }
-
-    def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
-        return self._backbone(self.teacher, extra["teacher"], images)[0]
-
-    def tokens(self, params: Params, extra: Params, images: jax.Array, which: str = "teacher"):
-        backbone = self.backbone(params, extra, which).params
-        cls, aux = self._backbone(self.teacher, {"backbone": backbone}, images)
-        return cls, aux["patch_tokens"]
-
-    def backbone(self, params: Params, extra: Params, which: str = "teacher") -> Backbone:
-        """The ViT with the iBOT `mask_token` (not part of timm's layout; export drops it)."""
-        check_backbone(self, which)
-        return Backbone(ema_backbone(params, extra, which), self.teacher.config)
-
-    def with_backbone(self, params: Params, extra: Params, backbone: Params):
-        return with_ema_backbone(params, extra, backbone)
-
-    def frozen_rule(self) -> tuple[str | None, int]:
-        steps = int(self.config.dino.freeze_last_layer * self.config.steps_per_epoch)
-        return r"^(dino_head|ibot_head)/last_layer/", steps
