@@ -11,7 +11,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path
 
+import numpy as np
+import openslide
 import pytest
+from testutil import TEST_SLIDES
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,19 @@ def synthetic_slide_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("synthetic_slides")
     generate_synthetic_slides(directory, n_slides=4, seed=0, width=2048, height=2048, mpp=0.25)
     return directory
+
+
+@pytest.fixture(scope="session")
+def slide_patches() -> np.ndarray:
+    """Four 224 px patches at 0.5 um/px from the real CMU-1-Small-Region H&E slide: the most
+    tissue-rich (darkest) cells of a 224 px grid over its level 0."""
+    with openslide.OpenSlide(str(TEST_SLIDES / "CMU-1-Small-Region.svs")) as slide:
+        width, height = slide.dimensions
+        image = np.asarray(slide.read_region((0, 0), 0, (width, height)).convert("RGB"))
+    size = 224
+    cells = [
+        (y, x) for y in range(0, height - size + 1, size) for x in range(0, width - size + 1, size)
+    ]
+    darkness = [-image[y : y + size, x : x + size].mean() for y, x in cells]
+    chosen = [cells[i] for i in np.argsort(darkness)[::-1][:4]]
+    return np.stack([image[y : y + size, x : x + size] for y, x in chosen])

@@ -44,6 +44,23 @@ class TerminalFormatter(logging.Formatter):
         return f"{self.formatTime(record)} {record.name}: {message}"
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is when a record comes (pytest, notebooks
+    and `contextlib.redirect_stderr` swap it; a handler bound at start would write to a closed
+    stream)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class Console:
     """Sets up logging for one command: the terminal, and a log file once the workdir is known.
 
@@ -63,7 +80,7 @@ class Console:
             if handler in _installed:
                 handler.close()
         _installed.clear()
-        self.terminal = logging.StreamHandler(sys.stderr)
+        self.terminal = CurrentStderr()
         self.terminal.setLevel(logging.INFO)
         self.terminal.setFormatter(TerminalFormatter(verbose))
         self.held = logging.handlers.MemoryHandler(

@@ -211,7 +211,8 @@ def test_the_jax_side_never_imports_torch(weights, tmp_path):
     path, _ = weights
     code = f"""
 import sys
-from pathfm.interop import export_run, timm_export, timm_import, timm_names, key_map
+from pathfm.interop import timm_export, timm_import, timm_names, key_map
+from pathfm.runs import export
 from pathfm.config import validate
 import testutil
 config = testutil.tiny_dino_config()
