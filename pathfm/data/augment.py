@@ -37,6 +37,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import ml_collections
@@ -59,12 +60,64 @@ HED_FROM_RGB = np.array(
         [-0.60190736, -0.48041419, 1.57358807],
     ]
 )
+VIEWS = ("global1", "global2", "local")  # the blur and solarize probabilities' order
 HED_LOG_ADJUST = -math.log(1e-6)  # skimage floors rgb at 1e-6 and scales OD by 1 / ln(1e6)
 
 
 @dataclasses.dataclass(frozen=True)
+class PhotometricConfig:
+    """Colour settings per view (host or device); defaults are DINO's (main_dino.py
+    ``DataAugmentationDINO``)."""
+
+    color_jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, each local
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)  # global 1, global 2 (never on locals)
+    hed_p: float = 0.0
+    hed_sigma: float = 0.05
+    hed_bias: float = 0.05
+
+    def __post_init__(self) -> None:
+        """Check ranges and probabilities."""
+        if len(self.blur_p) != 3 or len(self.solarize_p) != 2:
+            raise ConfigError("photometric: blur_p needs 3 values and solarize_p needs 2")
+        probs = (self.color_jitter_p, self.grayscale_p, self.hed_p, *self.blur_p)
+        if not all(0.0 <= p <= 1.0 for p in (*probs, *self.solarize_p)):
+            raise ConfigError("photometric: every probability must lie in [0, 1]")
+        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
+            raise ConfigError("photometric: jitter strengths must be >= 0 and hue in [0, 0.5]")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError("photometric: blur_sigma must satisfy 0 < low <= high")
+        if not (0 <= self.hed_sigma <= 1 and self.hed_bias >= 0):
+            raise ConfigError("photometric: hed_sigma must lie in [0, 1] and hed_bias be >= 0")
+
+    @classmethod
+    def from_multicrop(cls, cfg: MultiCropConfig) -> PhotometricConfig:
+        """The colour settings a ``MultiCropConfig`` holds."""
+        return cfg.photometric
+
+    def probabilities(self, view: str) -> tuple[float, float, float, float, float]:
+        """(hed, colour jitter, grayscale, blur, solarize) probabilities of ``view``."""
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        i = VIEWS.index(view)
+        solarize = self.solarize_p[i] if i < 2 else 0.0
+        return self.hed_p, self.color_jitter_p, self.grayscale_p, self.blur_p[i], solarize
+
+
+PHOTOMETRIC_FIELDS = frozenset(f.name for f in dataclasses.fields(PhotometricConfig))
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class MultiCropConfig:
-    """Multi-crop settings; defaults are DINO's (main_dino.py) for ViT pre-training."""
+    """Multi-crop settings; defaults are DINO's (main_dino.py) for ViT pre-training. The colour
+    settings live in `photometric` (the same object the device augmentation takes); they can be
+    given and read by name as well: ``MultiCropConfig(hue=0.05).hue``."""
 
     global_size: int = 224
     local_size: int = 96
@@ -75,37 +128,36 @@ class MultiCropConfig:
     hflip_p: float = 0.5
     vflip_p: float = 0.0  # pathology addition, applied with the horizontal flip
     rot90: bool = False  # pathology addition: rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, each local
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: tuple[float, float] = (0.0, 0.2)  # global 1, global 2
-    hed_p: float = 0.0  # pathology addition: HED stain jitter, before colour jitter
-    hed_sigma: float = 0.05  # stain scale alpha ~ U(1 - sigma, 1 + sigma)
-    hed_bias: float = 0.05  # stain shift beta ~ U(-bias, bias), skimage rgb2hed units
+    photometric: PhotometricConfig = PhotometricConfig()
     photometric_on_host: bool = True  # False: geometric ops only (photometric on the device)
 
+    def __init__(self, photometric: PhotometricConfig | None = None, **settings: Any):
+        colour = {k: settings.pop(k) for k in list(settings) if k in PHOTOMETRIC_FIELDS}
+        photometric = dataclasses.replace(photometric or PhotometricConfig(), **colour)
+        object.__setattr__(self, "photometric", photometric)
+        for field in dataclasses.fields(self):
+            if field.name != "photometric":
+                object.__setattr__(self, field.name, settings.pop(field.name, field.default))
+        if settings:
+            raise ConfigError(f"multi-crop: unknown settings {sorted(settings)}")
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """The colour settings by name (``cfg.hue`` is ``cfg.photometric.hue``)."""
+        if name in PHOTOMETRIC_FIELDS:
+            return getattr(self.photometric, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def __post_init__(self) -> None:
-        """Check sizes, ranges and probabilities."""
+        """Check sizes, ranges and probabilities (the colour ones: PhotometricConfig)."""
         if self.global_size < 1 or self.local_size < 1 or self.n_local < 0:
             raise ConfigError("multi-crop: global_size/local_size must be >= 1, n_local >= 0")
-        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
+        for name in ("global_scale", "local_scale", "ratio"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ConfigError(f"multi-crop: {name} must satisfy 0 < low <= high, got {lo, hi}")
-        probs = (self.hflip_p, self.vflip_p, self.color_jitter_p, self.grayscale_p, self.hed_p)
-        if len(self.blur_p) != 3 or len(self.solarize_p) != 2:
-            raise ConfigError("multi-crop: blur_p needs 3 values and solarize_p needs 2")
-        if not all(0.0 <= p <= 1.0 for p in (*probs, *self.blur_p, *self.solarize_p)):
+        if not all(0.0 <= p <= 1.0 for p in (self.hflip_p, self.vflip_p)):
             raise ConfigError("multi-crop: every probability must lie in [0, 1]")
-        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
-            raise ConfigError("multi-crop: jitter strengths must be >= 0 and hue in [0, 0.5]")
-        if not (0 <= self.hed_sigma <= 1 and self.hed_bias >= 0):
-            raise ConfigError("multi-crop: hed_sigma must lie in [0, 1] and hed_bias be >= 0")
 
 
 def sample_crop_box(

@@ -27,64 +27,22 @@ Differences from the host version (same distributions, not the same samples or b
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pathfm.data.augment import HED_FROM_RGB, HED_LOG_ADJUST, RGB_FROM_HED
-from pathfm.errors import ConfigError
+from pathfm.data.augment import (
+    HED_FROM_RGB,
+    HED_LOG_ADJUST,
+    RGB_FROM_HED,
+    PhotometricConfig,
+)
+from pathfm.data.augment import VIEWS as VIEWS  # re-exported: the views' names, for callers
 
 _GRAY = (0.299, 0.587, 0.114)
-VIEWS = ("global1", "global2", "local")
 _N_UNIFORMS = 20  # per image: hed 1+6, jitter 1+4+4 (order), gray 1, blur 1+1, solarize 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PhotometricConfig:
-    """Photometric settings per view; defaults are DINO's (as ``MultiCropConfig``'s)."""
-
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, each local
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: tuple[float, float] = (0.0, 0.2)  # global 1, global 2 (never on locals)
-    hed_p: float = 0.0
-    hed_sigma: float = 0.05
-    hed_bias: float = 0.05
-
-    def __post_init__(self) -> None:
-        """Check ranges and probabilities."""
-        if len(self.blur_p) != 3 or len(self.solarize_p) != 2:
-            raise ConfigError("photometric: blur_p needs 3 values and solarize_p needs 2")
-        probs = (self.color_jitter_p, self.grayscale_p, self.hed_p, *self.blur_p)
-        if not all(0.0 <= p <= 1.0 for p in (*probs, *self.solarize_p)):
-            raise ConfigError("photometric: every probability must lie in [0, 1]")
-        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
-            raise ConfigError("photometric: jitter strengths must be >= 0 and hue in [0, 0.5]")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ConfigError("photometric: blur_sigma must satisfy 0 < low <= high")
-        if not (0 <= self.hed_sigma <= 1 and self.hed_bias >= 0):
-            raise ConfigError("photometric: hed_sigma must lie in [0, 1] and hed_bias be >= 0")
-
-    @classmethod
-    def from_multicrop(cls, cfg: Any) -> PhotometricConfig:
-        """The photometric fields of a ``pathfm.data.augment.MultiCropConfig``."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
-
-    def probabilities(self, view: str) -> tuple[float, float, float, float, float]:
-        """(hed, colour jitter, grayscale, blur, solarize) probabilities of ``view``."""
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        i = VIEWS.index(view)
-        solarize = self.solarize_p[i] if i < 2 else 0.0
-        return self.hed_p, self.color_jitter_p, self.grayscale_p, self.blur_p[i], solarize
 
 
 def _per_image(f: jax.Array | float, x: jax.Array) -> jax.Array:

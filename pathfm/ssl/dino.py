@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pathfm.data.augment import multicrop_config
-from pathfm.data.device_augment import PhotometricConfig, normalize, photometric_multicrop
+from pathfm.data.device_augment import normalize, photometric_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
 from pathfm.schedules import cosine_schedule, epoch_linear_warmup
@@ -71,7 +71,7 @@ class Dino(EmaTeacherMethod):
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
         self.photometric = None  # colour augmentation on the accelerator, when configured
         if config.crops.photometric_on_device:
-            self.photometric = PhotometricConfig.from_multicrop(multicrop_config(config))
+            self.photometric = multicrop_config(config).photometric
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         size = self.config.model.img_size

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pathfm.models.mae import MAE, MAEEncoder, xavier_block_kernels
+from pathfm.models.mae import MAE, MAEEncoder, init_mae_params
 from pathfm.models.sincos import sincos_2d_pos_embed
 from pathfm.ssl.base import (
     Backbone,
@@ -44,11 +44,7 @@ class Mae:
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         size = self.config.crops.global_size
         images = jnp.zeros((1, size, size, 3), jnp.float32)
-        k_params, k_mask, k_xavier = jax.random.split(rng, 3)
-        variables = self.model.init(
-            {"params": k_params}, images, k_mask, self.config.mae.mask_ratio
-        )
-        return xavier_block_kernels(variables["params"], k_xavier), {}
+        return init_mae_params(self.model, rng, images, self.config.mae.mask_ratio), {}
 
     def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
         images = normalize_images(batch["images"], self.mean, self.std)  # float32 targets
