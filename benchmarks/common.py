@@ -1,10 +1,10 @@
-"""Pieces the training benchmarks share: config loading, the machine's name, the real input
-pipeline on a config's slides, and the training loop with its input wait measured."""
+"""Pieces the training benchmarks share: config loading (the command line's), the machine's name,
+the real input pipeline on a config's slides (the training loop's), and the training loop with
+its input wait measured."""
 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import platform
 import time
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import jax
 import ml_collections
 
+import pathfm.main
 from pathfm import parallel
 from pathfm.data import pipeline
 
@@ -32,14 +33,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 
 def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    """`get_config()` of a config file (`file.py` or `file.py:arg`) with overrides applied."""
-    file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("bench_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    apply_overrides(config, overrides)
-    return config
+    """The config of `file.py[:arg]` with `key=value` overrides, parsed as the command line
+    parses `--config` and `--config.key=value`."""
+    return pathfm.main.load_config(path, overrides)
 
 
 def machine_name() -> str:
@@ -63,9 +59,7 @@ def input_pipeline(config: ml_collections.ConfigDict, workdir: str) -> Callable:
     or synthetic ones generated under `workdir`) already past its first batch, and that batch:
     grain's prefetch threads fill a buffer in the background, so every timing starts from an
     empty one."""
-    source = pipeline.resolve_slide_source(config, workdir)
-    index = pipeline.build_slide_index(config, source, workdir)
-    sampler = pipeline.build_sampler(config, index)
+    sampler = pipeline.training_slides(config, workdir).sampler  # as the training loop builds it
 
     def fresh() -> tuple[Iterator, dict]:
         data = pipeline.build_train_iterator(config, sampler)

@@ -149,8 +149,8 @@ def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dic
         config.data.num_workers = n
         config.batch_size = 32
         config.crops.photometric_on_device = True
-        index = pipeline.build_slide_index(config, str(directory))
-        it = pipeline.build_train_iterator(config, pipeline.build_sampler(config, index))
+        sampler = pipeline.training_slides(config, None).sampler
+        it = pipeline.build_train_iterator(config, sampler)
         next(it)  # start the workers and fill the first batch
         start = time.perf_counter()
         for _ in range(batches):

@@ -286,8 +286,7 @@ def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int) -> d
     config.data.num_workers = workers
     config.data.slides = str(tmp / "pipeline_slides")
     generate_synthetic_slides(config.data.slides, n_slides=4, seed=0, width=4096, height=4096)
-    index = pipeline.build_slide_index(config, config.data.slides, tmp / "pipeline_run")
-    sampler = pipeline.build_sampler(config, index)
+    sampler = pipeline.training_slides(config, tmp / "pipeline_run").sampler
     t0 = time.perf_counter()
     with PeakRSS() as peak:
         it = pipeline.build_train_iterator(config, sampler)

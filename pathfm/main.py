@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 import jax
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from pathfm.config import validate
 from pathfm.data.slides import find_slides
-from pathfm.errors import PathfmError
+from pathfm.errors import ConfigError, PathfmError
 from pathfm.parallel import distributed
 from pathfm.runs.console import Console
 from pathfm.runs.evaluate import evaluate, validate_eval
@@ -106,6 +108,22 @@ def flag_error_message(error: Exception, argv: list[str]) -> str:
         config_arg = text.split(":", 1)[0].removeprefix("flag ")
         return f"{config_arg}: {str(innermost).strip().splitlines()[-1]}"
     return " ".join(str(error).split())
+
+
+def load_config(config_arg: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config that `--config=<config_arg>` and `--config.<override>` for each override
+    give on the command line, parsed by the same flags (the benchmarks load configs with it).
+    ConfigError with the command line's message on a bad file, argument, key or value."""
+    argv = ["pathfm", f"--config={config_arg}", *(f"--config.{o}" for o in overrides)]
+    saved, sys.argv = sys.argv, argv  # ml_collections finds --config.<key> overrides there
+    try:
+        fv = _define_flags()
+        fv(argv)
+        return fv.config
+    except Exception as e:  # absl/ml_collections raise several types; all mean a bad flag
+        raise ConfigError(flag_error_message(e, argv)) from None
+    finally:
+        sys.argv = saved
 
 
 def parse_args(argv: list[str]):

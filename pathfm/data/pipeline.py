@@ -135,6 +135,32 @@ def build_slide_index(
     return index
 
 
+@dataclasses.dataclass
+class TrainingSlides:
+    """What the training input is built from: the slide source (`data.slides` or the synthetic
+    folder), its index and the patch sampler over it."""
+
+    source: str
+    index: TissueIndex
+    sampler: PatchSampler
+
+
+def training_slides(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path | None,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: index_build.Barrier = lambda name: None,
+) -> TrainingSlides:
+    """The slides, index and sampler of a training run (every process calls it): the training
+    loop and the benchmarks build their input the same way. Without a workdir (and no
+    `data.index_dir`) the index is built in memory."""
+    source = resolve_slide_source(config, workdir)
+    index = build_slide_index(config, source, workdir, process_index, process_count, barrier)
+    log.info("%d usable slides from %s (%d rejected)", len(index), source, len(index.rejected))
+    return TrainingSlides(source, index, build_sampler(config, index))
+
+
 def build_sampler(
     config: ml_collections.ConfigDict, index: TissueIndex | SlideIndex, with_budget: bool = True
 ) -> PatchSampler:

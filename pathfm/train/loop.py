@@ -134,12 +134,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     )
 
     # ---- Input -------------------------------------------------------------------------------
-    source = pipeline.resolve_slide_source(config, workdir)
-    index = pipeline.build_slide_index(
-        config, source, workdir, jax.process_index(), jax.process_count(), distributed.barrier
+    slides = pipeline.training_slides(
+        config, workdir, jax.process_index(), jax.process_count(), distributed.barrier
     )
-    log.info("%d usable slides from %s (%d rejected)", len(index), source, len(index.rejected))
-    sampler = pipeline.build_sampler(config, index)
+    source, index, sampler = slides.source, slides.index, slides.sampler
     log.info("the sampler pickles to %d bytes for each input worker", len(pickle.dumps(sampler)))
     data_iter = pipeline.build_train_iterator(
         config, sampler, jax.process_index(), jax.process_count()
