@@ -3,6 +3,8 @@
 `cosine_schedule` reproduces DINO's `utils.cosine_scheduler` value for value: a linear warm-up
 `np.linspace(start_warmup, base, warmup_steps)` (endpoint included) followed by
 `final + 0.5 (base - final) (1 + cos(pi i / n))` for i in [0, n). Past the end the last value holds.
+`mae_cosine_schedule` is MAE's `util/lr_sched.py adjust_learning_rate` called every iteration:
+the same half-cosine after a warm-up of `base * i / W` (no endpoint: the peak is reached at W).
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ def cosine_schedule(
         i = jnp.maximum(step - warmup_steps, 0.0)
         cos = final + 0.5 * (base - final) * (1.0 + jnp.cos(jnp.pi * i / decay_steps))
         return jnp.where(step < warmup_steps, warm, cos)
+
+    return schedule
+
+
+def mae_cosine_schedule(
+    base: float, final: float, total_steps: int, warmup_steps: int = 0
+) -> Schedule:
+    """MAE's per-iteration lr (facebookresearch/mae `util/lr_sched.py adjust_learning_rate` with
+    the fractional epoch i / steps_per_epoch): `base * i / W` for i < W, then the half-cosine from
+    `base` to `final` over the remaining `total_steps - W` iterations."""
+    cosine = cosine_schedule(base, final, total_steps, warmup_steps)
+
+    def schedule(step):
+        warm = base * jnp.asarray(step, jnp.float32) / max(warmup_steps, 1)
+        return jnp.where(jnp.asarray(step) < warmup_steps, warm, cosine(step))
 
     return schedule
 

@@ -1,7 +1,13 @@
+import math
+
+import jax
 import numpy as np
 import pytest
 
-from pathfm.schedules import as_array, cosine_schedule, epoch_linear_warmup
+from pathfm.config import base_config
+from pathfm.schedules import as_array, cosine_schedule, epoch_linear_warmup, mae_cosine_schedule
+from pathfm.ssl.registry import build_method
+from pathfm.train.optimizer import build_optimizer
 
 
 def reference_cosine_scheduler(base, final, epochs, niter, warmup_epochs=0, start_warmup=0.0):
@@ -40,3 +46,42 @@ def test_teacher_temperature_warms_up_per_epoch():
     np.testing.assert_allclose(ours, np.repeat(ref, 5), rtol=1e-6)
     constant = as_array(epoch_linear_warmup(0.04, 0.04, 0, 5), 10)
     np.testing.assert_allclose(constant, 0.04)
+
+
+def reference_mae_lr(lr, min_lr, epochs, warmup_epochs, epoch):
+    """facebookresearch/mae util/lr_sched.py adjust_learning_rate, as written there."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    return min_lr + (lr - min_lr) * 0.5 * (
+        1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs))
+    )
+
+
+@pytest.mark.parametrize("warmup_epochs,steps_per_epoch", [(2, 3), (1, 2), (5, 7)])
+def test_mae_lr_matches_adjust_learning_rate_at_every_iteration(warmup_epochs, steps_per_epoch):
+    # main_pretrain.py calls it with epoch = data_iter_step / len(data_loader) + epoch
+    epochs = 10
+    total = epochs * steps_per_epoch
+    ref = [
+        reference_mae_lr(1.5e-4, 1e-6, epochs, warmup_epochs, i / steps_per_epoch)
+        for i in range(total)
+    ]
+    ours = as_array(
+        mae_cosine_schedule(1.5e-4, 1e-6, total, warmup_epochs * steps_per_epoch), total
+    )
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,first_lr", [("mae", 0.5), ("dino", 1.0)])
+def test_each_method_warms_up_as_its_reference(method, first_lr):
+    """A 2-iteration warm-up: MAE's lr at step 1 is half the peak (i / W); DINO's linspace
+    already reaches the peak (i / (W - 1))."""
+    config = base_config()
+    config.method, config.epochs, config.steps_per_epoch = method, 4, 2
+    config.optim.update(warmup_epochs=1, lr=256.0, lr_scaling="linear256")
+    config.batch_size = 1  # peak = lr * batch / 256 = 1.0
+    method = build_method(config)
+    params = jax.eval_shape(method.init, jax.random.key(0))[0]  # shapes only
+    _, schedules = build_optimizer(config, method, params)
+    assert float(schedules["lr"](0)) == 0.0
+    assert float(schedules["lr"](1)) == pytest.approx(first_lr)

@@ -24,6 +24,7 @@ class Method(Protocol):
     name: str
     batch_keys: tuple[str, ...]  # the arrays a batch must hold, each [B, ...]
     backbones: tuple[str, ...]  # the backbones `which` may name; the first is the default
+    lr_warmup: str  # the reference's lr warm-up: "dino" (linspace to the peak) or "mae" (i / W)
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         """Fresh (params, extra)."""

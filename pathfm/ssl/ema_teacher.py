@@ -27,6 +27,7 @@ class EmaTeacherMethod:
     paths: the heads' last layers)."""
 
     backbones = ("teacher", "student")
+    lr_warmup = "dino"  # np.linspace(0, base, W): DINO's utils.cosine_scheduler (DINOv2's too)
     frozen_pattern: str
 
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:

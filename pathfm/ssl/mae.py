@@ -32,6 +32,7 @@ class Mae:
     name = "mae"
     batch_keys = ("images",)
     backbones = ("encoder", "student")  # "student" names the encoder too (MAE has no teacher)
+    lr_warmup = "mae"  # base * i / W (util/lr_sched.py), not DINO's endpoint-inclusive linspace
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

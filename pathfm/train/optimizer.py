@@ -8,7 +8,7 @@ from typing import Any
 import optax
 
 from pathfm.adamw import adamw, lr_multipliers, regex_predicate
-from pathfm.schedules import cosine_schedule
+from pathfm.schedules import cosine_schedule, mae_cosine_schedule
 from pathfm.ssl.base import backbone_config
 
 
@@ -23,7 +23,8 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
         peak = o.lr * (config.batch_size / 1024.0) ** 0.5
     else:  # DINO, MAE
         peak = o.lr * config.batch_size / 256.0
-    lr = cosine_schedule(peak, o.min_lr, total, int(o.warmup_epochs * spe))
+    lr_schedule = mae_cosine_schedule if method.lr_warmup == "mae" else cosine_schedule
+    lr = lr_schedule(peak, o.min_lr, total, int(o.warmup_epochs * spe))
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, total)
     pattern, frozen_steps = method.frozen_rule()
     lr_mults = None
