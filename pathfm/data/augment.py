@@ -468,19 +468,20 @@ class DinoMultiCrop:
                 out[...] = cv2.rotate(out, _ROTATE_CCW[k])
         if not cfg.photometric_on_host:
             return
-        if cfg.hed_p > 0 and rng.random() < cfg.hed_p:
+        colour = cfg.photometric
+        if colour.hed_p > 0 and rng.random() < colour.hed_p:
             buf = self._buffer(out.shape[0])
             np.copyto(buf, out)
-            _to_uint8(_hed(buf, *_hed_factors(cfg.hed_sigma, cfg.hed_bias, rng)), out)
-        if rng.random() < cfg.color_jitter_p:
+            _to_uint8(_hed(buf, *_hed_factors(colour.hed_sigma, colour.hed_bias, rng)), out)
+        if rng.random() < colour.color_jitter_p:
             buf = self._buffer(out.shape[0])
             np.copyto(buf, out)
-            f = _jitter(buf, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, rng)
+            f = _jitter(buf, colour.brightness, colour.contrast, colour.saturation, colour.hue, rng)
             _to_uint8(f, out)
-        if rng.random() < cfg.grayscale_p:
+        if rng.random() < colour.grayscale_p:
             _grayscale_inplace(out, self._buffer(out.shape[0]))
         if rng.random() < blur_p:
-            gaussian_blur(out, rng.uniform(*cfg.blur_sigma), out=out)
+            gaussian_blur(out, rng.uniform(*colour.blur_sigma), out=out)
         if solarize_p > 0 and rng.random() < solarize_p:
             solarize(out, out=out)
 
@@ -494,11 +495,12 @@ class DinoMultiCrop:
         g, loc = cfg.global_size, cfg.local_size
         global_crops = np.empty((2, g, g, 3), np.uint8)
         local_crops = np.empty((cfg.n_local, loc, loc, 3), np.uint8)
+        colour = cfg.photometric
         for i in range(2):
-            blur_p, sol_p = cfg.blur_p[i], cfg.solarize_p[i]
+            blur_p, sol_p = colour.blur_p[i], colour.solarize_p[i]
             self._augment(image, global_crops[i], cfg.global_scale, blur_p, sol_p, rng)
         for i in range(cfg.n_local):
-            self._augment(image, local_crops[i], cfg.local_scale, cfg.blur_p[2], 0.0, rng)
+            self._augment(image, local_crops[i], cfg.local_scale, colour.blur_p[2], 0.0, rng)
         return {"global_crops": global_crops, "local_crops": local_crops}
 
 

@@ -51,11 +51,11 @@ def online_task(config: ml_collections.ConfigDict, slide_source: str) -> tuple[s
     m = config.monitor
     if m.online_task == "synthetic" and not m.online_root:
         records = find_slides(slide_source, config.data.root)
-        unlabelled = [r.path for r in records if not has_annotation(r.path)]
+        unlabelled = next((r.path for r in records if not has_annotation(r.path)), None)
         if unlabelled:
             return "", (
                 "monitor.online_task='synthetic' scores the tissue classes of synthetic slides, "
-                f"and {unlabelled[0]} is not one (no {Path(unlabelled[0]).stem}.json beside it): "
+                f"and {unlabelled} is not one (no {Path(unlabelled).stem}.json beside it): "
                 "the online kNN is off. RankMe and ODCorr still run; for an online score set "
                 "monitor.online_task to a labelled data set and monitor.online_root to its folder"
             )
