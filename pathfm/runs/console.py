@@ -13,6 +13,7 @@ import datetime
 import errno
 import logging
 import logging.handlers
+import os
 import sys
 import tempfile
 import traceback
@@ -127,9 +128,8 @@ class Console:
     def ensure_log(self, command: str = "") -> Path:
         """The log file, opening a temporary one if the command has none yet."""
         if self.log_path is None:
-            handle, name = tempfile.mkstemp(prefix="pathfm-", suffix=".log")
-            Path(name).unlink()
-            del handle
+            fd, name = tempfile.mkstemp(prefix="pathfm-", suffix=".log")
+            os.close(fd)
             self.open_log(name, command)
         return self.log_path
 
