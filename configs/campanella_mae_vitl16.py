@@ -17,6 +17,9 @@ def get_config(arg: str | None = None):
     c.method = "mae"
     c.epochs, c.steps_per_epoch, c.batch_size = 50, 46_000, 180
     c.model.size, c.model.patch_size, c.model.drop_path_rate = "L", 16, 0.0
+    # MAE pre-trains at one size only; at others its table is resampled as timm does, so the
+    # exported timm model (dynamic_img_size) and pathfm give the same features everywhere.
+    c.model.pos_interp = "timm"
     c.optim.update(
         lr=1e-4,
         min_lr=0.0,

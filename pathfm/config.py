@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_path_uniform = False  # True: every block drops at drop_path_rate (DINOv2)
     c.model.attention = "explicit"  # or "dot_product" (XLA picks the kernel), "cudnn" (GPU, bf16)
     c.model.remat = "none"  # or "block" / "block_dots": recompute blocks in the backward pass
+    # Position embeddings at other crop sizes: "official" = DINO/DINOv2's F.interpolate (bicubic,
+    # scale factor with the 0.1 offset, no antialias); "timm" = timm's antialiased resampling.
+    c.model.pos_interp = "official"
     c.model.init_from = ""  # timm/PyTorch ViT weights (.safetensors/.pth) for the backbone
     c.model.init_prefix = ""  # their keys' prefix in the file, e.g. "teacher.backbone."; "" = auto
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from pathfm.models.vit import ViTConfig, resample_pos_embed
+from pathfm.models.pos_interp import resample_pos_embed
+from pathfm.models.vit import ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _pos_to_pathfm(state: dict[str, np.ndarray], cfg: ViTConfig) -> tuple[np.nda
     """(cls_token, pos_embed) of a stored state dict in pathfm's layout and grid for `cfg`.
 
     The stored pos_embed may have a CLS row or not (timm no_embed_class), and any square grid
-    (resampled bicubically as timm does); rows for registers must be zero (pathfm gives
+    (resampled as `cfg.pos_interp` says); rows for registers must be zero (pathfm gives
     registers no position embedding)."""
     cls, pos = state["cls_token"], state["pos_embed"]
     registers = state["reg_token"].shape[1] if "reg_token" in state else 0
@@ -144,8 +145,11 @@ def _pos_to_pathfm(state: dict[str, np.ndarray], cfg: ViTConfig) -> tuple[np.nda
     grid = cfg.grid_size
     if pos.shape[1] - prefix != grid * grid:
         old = math.isqrt(pos.shape[1] - prefix)
-        log.info("resampling pos_embed from a %dx%d to a %dx%d patch grid", old, old, grid, grid)
-        pos = np.asarray(resample_pos_embed(pos, (grid, grid), num_prefix_tokens=prefix))
+        log.info(
+            "resampling pos_embed from a %dx%d to a %dx%d patch grid (%s)",
+            *(old, old, grid, grid, cfg.pos_interp),
+        )
+        pos = np.asarray(resample_pos_embed(pos, (grid, grid), prefix, cfg.pos_interp))
     target = _pathfm_prefix_rows(cfg)
     if prefix == 1 and target == 0:
         cls, pos = cls + pos[:, :1], pos[:, 1:]

@@ -111,6 +111,8 @@ def export_backbone(
         },
         "patch_size": cfg.patch_size,
         "embed_dim": cfg.embed_dim,
+        # How pathfm resampled pos_embed at other sizes; timm always uses its own ("timm").
+        "pos_interp": cfg.pos_interp,
         "num_registers": cfg.num_registers,
         **meta,
     }

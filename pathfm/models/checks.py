@@ -6,6 +6,7 @@ import jax
 import ml_collections
 
 from pathfm.errors import require
+from pathfm.models.pos_interp import POS_INTERP_MODES
 from pathfm.models.vit import ATTENTION_TYPES, FFN_TYPES, REMAT_TYPES, SIZE_ALIASES, VIT_SIZES
 
 
@@ -24,6 +25,11 @@ def check_model_config(m: ml_collections.ConfigDict) -> None:
     require(m.ffn in FFN_TYPES, "model.ffn", "use 'mlp' or 'swiglu'")
     require(m.attention in ATTENTION_TYPES, "model.attention", f"use one of {ATTENTION_TYPES}")
     require(m.remat in REMAT_TYPES, "model.remat", f"use one of {REMAT_TYPES}")
+    require(
+        m.pos_interp in POS_INTERP_MODES,
+        "model.pos_interp",
+        f"use one of {POS_INTERP_MODES} (docs/interop.md, 'Position embeddings at other sizes')",
+    )
     if m.attention == "cudnn":
         require(
             jax.default_backend() == "gpu" and m.dtype == "bfloat16",

@@ -8,8 +8,10 @@ Parameter tree (reference key in brackets; the encoder subtree has pathfm ViT / 
   decoder/decoder_embed, decoder/mask_token [1,1,E]   [decoder_embed.*, mask_token]
   decoder/decoder_blocks_{i}/..., decoder/decoder_norm, decoder/decoder_pred
 Both position embeddings are fixed 2D sin-cos constants (the reference's requires_grad=False
-`pos_embed` / `decoder_pos_embed`, CLS row zeros), built for the input's patch grid; they are
-not parameters. Use `init_mae_params` for the reference init (xavier_uniform Linear weights).
+`pos_embed` / `decoder_pos_embed`, CLS row zeros), not parameters. Pre-training runs at
+`img_size` as the reference does; the encoder at other sizes resamples its `img_size` table (see
+MAEEncoder), exactly as the exported timm model does. Use `init_mae_params` for the reference
+init (xavier_uniform Linear weights).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from pathfm.models.mae_ops import random_masking, unshuffle
+from pathfm.models.pos_interp import resample_pos_embed
 from pathfm.models.sincos import sincos_2d_pos_embed
 from pathfm.models.vit import LN_EPS, PatchEmbed, ViTConfig, apply_blocks, block_class
 
@@ -54,8 +57,10 @@ def _mae_patch_embed(dim: int, p: int, channels: int, dtype) -> PatchEmbed:
 class MAEEncoder(nn.Module):
     """MAE `forward_encoder`: images [N, H, W, 3] -> (latent [N, 1 + L_keep, D], mask, ids_restore).
 
-    Patch embed, + fixed sin-cos pos embed BEFORE masking, random masking (keep int(L*(1-ratio))),
-    CLS token (+ its zero pos row), ViT blocks (qkv bias, LN eps 1e-6, exact GELU), final norm.
+    Patch embed, + fixed sin-cos pos embed (built for `img_size`, resampled as `pos_interp` says
+    on other grids; the reference only runs at `img_size`) BEFORE masking, random masking (keep
+    int(L*(1-ratio))), CLS token (+ its zero pos row), ViT blocks (qkv bias, LN eps 1e-6, exact
+    GELU), final norm.
     """
 
     config: ViTConfig
@@ -79,7 +84,10 @@ class MAEEncoder(nn.Module):
         grid = (height // p, width // p)
         x = _mae_patch_embed(dim, p, images.shape[-1], dtype)(images)
         x = x.reshape(batch, grid[0] * grid[1], dim).astype(jnp.float32)
-        pos = _fixed_pos_embed(dim, grid)
+        pos = _fixed_pos_embed(dim, (cfg.grid_size, cfg.grid_size))
+        # Another grid resamples the img_size table as the exported timm model will
+        # (dynamic_img_size), not a new sin-cos table: one behaviour on both sides of the export.
+        pos = resample_pos_embed(pos, grid, 1, cfg.pos_interp)
         x = x + pos[:, 1:]
         x, mask, ids_restore = random_masking(x, mask_ratio, key, noise=noise)
 

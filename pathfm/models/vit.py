@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pathfm.models.pos_interp import POS_INTERP_MODES, resample_pos_embed
+
 # (embed_dim, depth, num_heads) of the standard sizes; g is DINOv2's ViT-g (1536 wide, 40 deep).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (192, 12, 3),
@@ -75,6 +77,7 @@ class ViTConfig:
     drop_path_uniform: bool = False  # True: every block drops at drop_path_rate (DINOv2 default)
     attention: str = "explicit"  # one of ATTENTION_TYPES; the same numerics up to rounding
     remat: str = "none"  # one of REMAT_TYPES; the same numerics, less activation memory
+    pos_interp: str = "timm"  # POS_INTERP_MODES: how pos_embed reaches other grids (pos_interp.py)
 
     def __post_init__(self) -> None:
         if self.ffn not in FFN_TYPES:
@@ -83,6 +86,9 @@ class ViTConfig:
             raise ValueError(f"unknown attention {self.attention!r}; use one of {ATTENTION_TYPES}")
         if self.remat not in REMAT_TYPES:
             raise ValueError(f"unknown remat {self.remat!r}; use one of {REMAT_TYPES}")
+        if self.pos_interp not in POS_INTERP_MODES:
+            modes = POS_INTERP_MODES
+            raise ValueError(f"unknown pos_interp {self.pos_interp!r}; use one of {modes}")
         if self.num_registers < 0 or self.layer_scale_init < 0 or self.mlp_hidden < 0:
             raise ValueError("num_registers, layer_scale_init and mlp_hidden must be >= 0")
 
@@ -118,25 +124,6 @@ def ffn_hidden_dim(dim: int, mlp_ratio: float, ffn: str = "mlp", mlp_hidden: int
     if mlp_hidden:
         return mlp_hidden
     return swiglu_hidden_dim(dim, mlp_ratio) if ffn == "swiglu" else int(dim * mlp_ratio)
-
-
-def resample_pos_embed(
-    pos_embed: jax.Array, new_grid: tuple[int, int], num_prefix_tokens: int = 1
-) -> jax.Array:
-    """Bicubically resample patch position embeddings [1, prefix+h*w, D] to a new grid.
-
-    Uses antialiased Keys-cubic (a=-0.5) resampling, the kernel of timm's `resample_abs_pos_embed`
-    (bicubic, antialias=True); the first `num_prefix_tokens` rows (CLS; 0 for no_embed_class) are
-    kept as is.
-    """
-    prefix_pos, patch_pos = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    old = round(np.sqrt(patch_pos.shape[1]))
-    if (old, old) == tuple(new_grid):
-        return pos_embed
-    dim = patch_pos.shape[-1]
-    grid = patch_pos.reshape(1, old, old, dim).astype(jnp.float32)
-    grid = jax.image.resize(grid, (1, *new_grid, dim), method="bicubic", antialias=True)
-    return jnp.concatenate([prefix_pos, grid.reshape(1, -1, dim).astype(pos_embed.dtype)], axis=1)
 
 
 class DropPath(nn.Module):
@@ -320,10 +307,10 @@ class VisionTransformer(nn.Module):
 
     aux: {'patch_tokens': [B, N, D]} plus 'register_tokens' [B, R, D] when num_registers > 0; all
     after the final LayerNorm. H and W must be multiples of the patch size; other sizes than
-    `img_size` interpolate the position embedding. `masks` (bool [B, N], True = masked, needs
-    `use_mask_token`) replaces those patch embeddings by `mask_token` before the position embedding
-    is added (DINOv2 `prepare_tokens_with_masks`). The residual stream is float32; matmuls run in
-    `config.dtype`.
+    `img_size` resample the position embedding as `pos_interp` says. `masks` (bool [B, N], True =
+    masked, needs `use_mask_token`) replaces those patch embeddings by `mask_token` before the
+    position embedding is added (DINOv2 `prepare_tokens_with_masks`). The residual stream is
+    float32; matmuls run in `config.dtype`.
     """
 
     config: ViTConfig
@@ -356,7 +343,8 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"masks must be [B, N] = {x.shape[:2]}, got {masks.shape}")
             x = jnp.where(masks[..., None], mask_token.astype(x.dtype), x)
 
-        pos = resample_pos_embed(pos_embed, grid, num_prefix_tokens=pos_prefix)
+        pos = resample_pos_embed(pos_embed, grid, pos_prefix, cfg.pos_interp)
+        self.sow("intermediates", "pos_embed", pos)  # the table this grid used (tests, debugging)
         cls = jnp.broadcast_to(cls_token, (batch, 1, dim))
         if cfg.no_embed_class:
             x = jnp.concatenate([cls, x + pos], axis=1)

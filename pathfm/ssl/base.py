@@ -93,7 +93,7 @@ def backbone_config(model, drop_path_rate: float) -> ViTConfig:
     """The ViTConfig of `config.model` (a size name plus optional explicit dimensions)."""
     overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model.get(k, 0)}
     optional = ("layer_scale_init", "num_registers", "no_embed_class", "ffn", "drop_path_uniform")
-    for key in (*optional, "attention", "remat"):
+    for key in (*optional, "attention", "remat", "pos_interp"):
         if key in model:
             overrides[key] = model[key]
     return vit_config(

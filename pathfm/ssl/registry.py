@@ -31,6 +31,12 @@ def check_method_config(c: ml_collections.ConfigDict) -> None:
         "must be in [0, epochs]",
     )
     require(0.0 < c.mae.mask_ratio < 1.0, "mae.mask_ratio", "must be in (0, 1)")
+    if c.method == "mae":  # main_pretrain.py builds the model for input_size and crops to it
+        require(
+            c.crops.global_size == c.model.img_size,
+            "crops.global_size",
+            f"MAE pre-trains at model.img_size ({c.model.img_size}); set both to the same size",
+        )
     require(
         c.dinov2.centering in ("centering", "sinkhorn_knopp"),
         "dinov2.centering",

@@ -96,14 +96,14 @@ def test_a_different_architecture_names_the_first_differing_key(model, first_key
     "name,img_size",
     [("vits16", 160), ("reg4_ls_swiglu", 280)],  # down- and upsampling
 )
-def test_import_resamples_the_position_embedding_as_timm_does(
+def test_import_resamples_the_position_embedding_as_configured(
     name, img_size, tmp_path, random_images
 ):
     from timm.layers import resample_abs_pos_embed
 
     backbone, description = _exported(name, tmp_path)
     path = tmp_path / description["files"]["safetensors"]
-    config = dataclasses.replace(backbone.config, img_size=img_size)
+    config = dataclasses.replace(backbone.config, img_size=img_size, pos_interp="timm")
     images = np.zeros((1, img_size, img_size, 3), np.float32)
     template = jax.eval_shape(VisionTransformer(config).init, jax.random.key(0), images)["params"]
     imported = load_backbone(path, "", config, template)
@@ -112,6 +112,18 @@ def test_import_resamples_the_position_embedding_as_timm_does(
     stored = torch.from_numpy(key_map.to_timm(backbone.params, backbone.config)["pos_embed"].copy())
     expected = resample_abs_pos_embed(stored, (grid, grid), num_prefix_tokens=prefix).numpy()
     np.testing.assert_allclose(imported["pos_embed"], expected, atol=1e-5)
+    # pos_interp="official" resamples as DINO's interpolate_pos_encoding (the patch rows)
+    official = dataclasses.replace(config, pos_interp="official")
+    rows = load_backbone(path, "", official, template)["pos_embed"][0, -grid * grid :]
+    patch = stored[:, prefix:].reshape(1, *backbone.config.grid_size * np.ones(2, int), -1)
+    scale = (grid + 0.1) / backbone.config.grid_size
+    torch_rows = torch.nn.functional.interpolate(
+        patch.permute(0, 3, 1, 2), scale_factor=(scale, scale), mode="bicubic"
+    )
+    np.testing.assert_allclose(
+        rows, torch_rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[-1]), atol=1e-5
+    )
+    assert np.abs(rows - expected[0, -grid * grid :]).max() > 1e-3
     # timm's own loading of the export at that size computes the same features
     model = timm_model(description, tmp_path, img_size=img_size)
     images = np.resize(random_images, (2, img_size, img_size, 3))

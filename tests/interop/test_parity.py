@@ -3,6 +3,7 @@
 4 registers + LayerScale + SwiGLU (timm's layout and DINOv2's own), and the MAE encoder; the
 state dicts load with strict=True under the name and kwargs the JSON gives."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -69,19 +70,24 @@ def _norm(description):
     return description["mean"], description["std"]
 
 
-def test_mae_encoder_export_keeps_the_fixed_sincos_table(tmp_path, random_images, slide_patches):
+@pytest.mark.parametrize("size", [224, 160, 288])
+def test_mae_encoder_export_matches_at_every_size(size, tmp_path, slide_patches):
+    """MAE exports its img_size sin-cos table; at other sizes pathfm's encoder resamples that table
+    as timm's dynamic_img_size does (pos_interp="timm"), so both give the same tokens."""
     import jax
     import jax.numpy as jnp
 
     config = arch_config("vits16", size="S", patch_size=16)
     config.method = "mae"
+    config.model.pos_interp = "timm"
     config.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     run = make_run(config)
     description = _export(run, tmp_path)
     assert description["timm_name"] == "vit_small_patch16_224"
+    assert description["pos_interp"] == "timm"
     model = timm_model(description, tmp_path)
     # MAE's encoder with nothing masked and patches in their own order (noise = position).
-    n = (224 // 16) ** 2
+    n = (size // 16) ** 2
 
     def encode(params, images):
         x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(run.config.data.mean)) / jnp.asarray(
@@ -91,10 +97,14 @@ def test_mae_encoder_export_keeps_the_fixed_sincos_table(tmp_path, random_images
         latent, _, _ = run.method.encoder.apply({"params": params}, x, None, 0.0, noise=noise)
         return latent[:, 0], latent[:, 1:]
 
-    for images in (random_images, slide_patches):
+    random_images = np.random.default_rng(size).integers(0, 256, (2, size, size, 3), np.uint8)
+    tissue = np.stack(
+        [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in slide_patches]
+    )
+    for images in (random_images, tissue):
         ours = [np.asarray(t) for t in jax.jit(encode)(run.params["encoder"], images)]
         diffs = _max_diff(ours, timm_tokens(model, images, *_norm(description)))
-        print(f"mae: max |diff| CLS {diffs[0]:.2e} patches {diffs[1]:.2e}")
+        print(f"mae {size} px: max |diff| CLS {diffs[0]:.2e} patches {diffs[1]:.2e}")
         assert max(diffs) <= TOLERANCE
         cls, _ = run.tokens(images)  # the method's own (shuffled-order) tokens agree on CLS
         assert np.max(np.abs(cls - ours[0])) <= TOLERANCE

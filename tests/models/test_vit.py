@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from pathfm.models.pos_interp import resample_pos_embed
 from pathfm.models.vit import (
     Block,
     SwiGLUPacked,
     VisionTransformer,
     ffn_hidden_dim,
-    resample_pos_embed,
     swiglu_hidden_dim,
     vit_config,
 )
