@@ -64,7 +64,8 @@ class TrainSetup:
             model.init_from, model.init_prefix, template.config, template.params
         )
         params, extra = self.method.with_backbone(state["params"], state["extra"], weights)
-        return jax.tree.map(_place, {**state, "params": params, "extra": extra}, self.shardings)
+        state = {**state, "params": params, "extra": extra}
+        return jax.tree.map(_place, state, self.shardings, _first_uses(state))
 
     def restore_target(self) -> TrainState:
         """ShapeDtypeStructs with shardings: how a checkpoint is laid out when restored."""
@@ -76,12 +77,30 @@ class TrainSetup:
         )
 
 
-def _place(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+def _first_uses(state: Any) -> Any:
+    """Per leaf: False where the same device array already appeared in an earlier leaf.
+
+    `with_backbone` puts one backbone into the student and the EMA teacher: the file's arrays,
+    and the template's device arrays for leaves the file lacks (e.g. DINOv2's iBOT `mask_token`),
+    are then one object in both places. The train step donates the state, so a buffer in two
+    leaves would be donated twice (and on CPU a host array can become the device buffer)."""
+    seen: set[int] = set()
+
+    def first(value: Any) -> bool:
+        fresh = id(value) not in seen
+        seen.add(id(value))
+        return fresh
+
+    return jax.tree.map(first, state)
+
+
+def _place(value: Any, sharding: jax.sharding.Sharding, first_use: bool = True) -> jax.Array:
     """A host array laid out with `sharding` (each process fills its own shards; every process
-    holds the whole array); device arrays stay as they are."""
+    holds the whole array); a device array stays as it is. A value already placed in an earlier
+    leaf (`first_use` False) is copied, so no two leaves share a buffer."""
     if isinstance(value, jax.Array):
-        return value
-    host = np.asarray(value)
+        return value if first_use else jax.device_put(value, sharding, may_alias=False)
+    host = np.array(value, copy=not first_use)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
