@@ -85,3 +85,66 @@ def test_each_method_warms_up_as_its_reference(method, first_lr):
     _, schedules = build_optimizer(config, method, params)
     assert float(schedules["lr"](0)) == 0.0
     assert float(schedules["lr"](1)) == pytest.approx(first_lr)
+
+
+class ReferenceCosineScheduler:
+    """facebookresearch/dinov2 `dinov2/utils/utils.py` `CosineScheduler` (verbatim but for
+    one redundant pair of parentheses)."""
+
+    def __init__(
+        self,
+        base_value,
+        final_value,
+        total_iters,
+        warmup_iters=0,
+        start_warmup_value=0,
+        freeze_iters=0,
+    ):
+        self.final_value = final_value
+        self.total_iters = total_iters
+        freeze_schedule = np.zeros(freeze_iters)
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+        iters = np.arange(total_iters - warmup_iters - freeze_iters)
+        schedule = final_value + 0.5 * (base_value - final_value) * (
+            1 + np.cos(np.pi * iters / len(iters))
+        )
+        self.schedule = np.concatenate((freeze_schedule, warmup_schedule, schedule))
+        assert len(self.schedule) == self.total_iters
+
+    def __getitem__(self, it):
+        return self.final_value if it >= self.total_iters else self.schedule[it]
+
+
+def test_dinov2_schedules_match_its_cosine_scheduler_at_every_iteration():
+    """lr, wd, teacher momentum and teacher temperature of a DINOv2 run, as `train.py`
+    `build_schedulers` makes them (epoch length = steps_per_epoch), at every iteration."""
+    from pathfm.config import dinov2_defaults
+
+    config = dinov2_defaults(base_config())
+    config.epochs, config.steps_per_epoch, config.batch_size = 6, 5, 1024  # sqrt(1024/1024) = 1
+    config.model.update(size="T", patch_size=8, img_size=32, embed_dim=32, depth=1, num_heads=2)
+    config.dino.update(out_dim=64, hidden_dim=32, bottleneck_dim=16, warmup_teacher_temp_epochs=2)
+    config.optim.update(warmup_epochs=2)
+    method = build_method(config)
+    params = jax.eval_shape(method.init, jax.random.key(0))[0]
+    _, schedules = build_optimizer(config, method, params)
+    o, d, n = config.optim, config.dino, config.steps_per_epoch
+    total = config.epochs * n
+    references = {
+        "lr": (schedules["lr"], ReferenceCosineScheduler(o.lr, o.min_lr, total, 2 * n)),
+        "wd": (
+            schedules["wd"],
+            ReferenceCosineScheduler(o.weight_decay, o.weight_decay_end, total),
+        ),
+        "momentum": (method.momentum, ReferenceCosineScheduler(d.momentum_teacher, 1.0, total)),
+        "teacher_temp": (
+            method.teacher_temp,
+            ReferenceCosineScheduler(
+                d.teacher_temp, d.teacher_temp, 2 * n, 2 * n, d.warmup_teacher_temp
+            ),
+        ),
+    }
+    for name, (ours, ref) in references.items():
+        np.testing.assert_allclose(
+            as_array(ours, total), [ref[i] for i in range(total)], rtol=1e-5, err_msg=name
+        )
