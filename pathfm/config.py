@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 10
     c.optim.weight_decay = 0.04
     c.optim.weight_decay_end = 0.4
-    c.optim.clip_grad = 3.0  # per-tensor norm clipping; 0 disables
+    c.optim.clip_grad = 3.0  # max gradient norm, per tensor (DINO) or per module (DINOv2); 0: off
     c.optim.layer_decay = 1.0  # layer-wise lr decay rate ** (depth + 1 - layer); 1 = off (DINOv2)
     c.optim.patch_embed_lr_mult = 1.0  # lr factor of the patch embedding (DINOv2: 0.2)
     c.optim.b1 = 0.9

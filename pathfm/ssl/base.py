@@ -25,6 +25,12 @@ class Method(Protocol):
     batch_keys: tuple[str, ...]  # the arrays a batch must hold, each [B, ...]
     backbones: tuple[str, ...]  # the backbones `which` may name; the first is the default
     lr_warmup: str  # the reference's lr warm-up: "dino" (linspace to the peak) or "mae" (i / W)
+    # The reference's gradient clipping (`pathfm.adamw.CLIP_RULES`): "per_tensor" (each tensor by
+    # its norm, DINO v1) or "per_module" (each top-level params subtree by its total norm, DINOv2).
+    clip_rule: str
+    # How `frozen_rule`'s parameters are held (`pathfm.adamw.FREEZE_RULES`): "drop" (no gradient:
+    # no Adam step at all, DINO v1) or "zero_lr" (lr 0: Adam moments and count advance, DINOv2).
+    freeze_rule: str
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         """Fresh (params, extra)."""

@@ -53,6 +53,8 @@ class Dino(EmaTeacherMethod):
     name = "dino"
     batch_keys = ("global_crops", "local_crops")
     frozen_pattern = r"^head/last_layer/"
+    clip_rule = "per_tensor"  # main_dino.py train_one_epoch: utils.clip_gradients
+    freeze_rule = "drop"  # utils.cancel_gradients_last_layer: grad None, no AdamW step
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

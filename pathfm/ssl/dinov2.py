@@ -46,6 +46,11 @@ class DinoV2(EmaTeacherMethod):
     name = "dinov2"
     batch_keys = ("global_crops", "local_crops", "masks")
     frozen_pattern = r"^(dino_head|ibot_head)/last_layer/"
+    # dinov2/train/train.py do_train: `clip_grad_norm_` on each of model.student's modules
+    # (backbone, dino_head, ibot_head: the params tree's top-level keys).
+    clip_rule = "per_module"
+    # build_schedulers / apply_optim_scheduler: last-layer lr 0 while frozen; AdamW still steps.
+    freeze_rule = "zero_lr"
 
     def __init__(self, config: ml_collections.ConfigDict, koleo_groups: int | None = None):
         self.config = config

@@ -23,12 +23,14 @@ from pathfm.ssl.base import (
 
 class EmaTeacherMethod:
     """The shared half of an EMA-teacher method. Subclasses set `teacher` (the teacher's
-    VisionTransformer), `mean`, `std`, `config` and `frozen_pattern` (a regex over parameter
-    paths: the heads' last layers)."""
+    VisionTransformer), `mean`, `std`, `config`, `frozen_pattern` (a regex over parameter
+    paths: the heads' last layers) and their reference's `clip_rule` and `freeze_rule`."""
 
     backbones = ("teacher", "student")
     lr_warmup = "dino"  # np.linspace(0, base, W): DINO's utils.cosine_scheduler (DINOv2's too)
     frozen_pattern: str
+    clip_rule: str
+    freeze_rule: str
 
     def embed(self, params: Params, extra: Params, images: jax.Array) -> jax.Array:
         """The teacher's CLS embeddings [N, D] of uint8 images [N, H, W, 3]."""

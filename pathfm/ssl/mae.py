@@ -33,6 +33,10 @@ class Mae:
     batch_keys = ("images",)
     backbones = ("encoder", "student")  # "student" names the encoder too (MAE has no teacher)
     lr_warmup = "mae"  # base * i / W (util/lr_sched.py), not DINO's endpoint-inclusive linspace
+    # MAE does not clip (engine_pretrain.py train_one_epoch: loss_scaler(...) with util/misc.py
+    # NativeScalerWithGradNormCount's clip_grad=None); its config sets optim.clip_grad = 0.
+    clip_rule = "per_tensor"
+    freeze_rule = "drop"  # nothing is frozen (`frozen_rule`)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

@@ -1,5 +1,7 @@
 """The pre-training optimiser of a config: `pathfm.adamw` with DINO's schedules, DINOv2's
-layer-wise lr decay and patch-embedding lr factor, and the method's frozen parameters."""
+layer-wise lr decay and patch-embedding lr factor, and the method's frozen parameters. What
+differs between the references, the method declares (`lr_warmup`, `clip_rule`, `freeze_rule`);
+nothing here branches on the method."""
 
 from __future__ import annotations
 
@@ -39,8 +41,10 @@ def build_optimizer(config, method, params: Any) -> tuple[optax.GradientTransfor
         b2=o.b2,
         eps=o.eps,
         clip_grad=o.clip_grad,
+        clip_rule=method.clip_rule,
         frozen=regex_predicate(pattern) if pattern else None,
         frozen_steps=frozen_steps,
+        freeze_rule=method.freeze_rule,
         lr_mults=lr_mults,
     )
     return optimizer, {"lr": lr, "wd": wd}
