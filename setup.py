@@ -4,6 +4,12 @@ from setuptools import find_packages, setup
 
 # PyTorch interop (timm export / import, docs/interop.md); the JAX side never imports torch.
 EXPORT = ["torch>=2.1", "timm>=1.0", "safetensors>=0.4"]
+# kaiko.ai's eva on an export (docs/eva.md). kaiko-eva 0.4.5 asks for jsonargparse>=4.30, and pip
+# then takes the newest, but from 4.52.0 on eva's CLI refuses its own configs ("criterion:
+# torch.nn.CrossEntropyLoss ... Expected a path"); 4.31.0 and 4.51.0 run them end to end
+# (tests/test_eva.py runs the one installed). kaiko-eva[vision] 0.4.5 keeps the installed torch,
+# torchvision and timm (it asks for torch>=2.3, torchvision>=0.17, timm>=1.0.9).
+EVA = ["kaiko-eva[vision]==0.4.5", "jsonargparse[omegaconf]>=4.31,<4.52"]
 
 setup(
     name="pathfm",
@@ -44,8 +50,10 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             *EXPORT,  # the timm parity tests run against real timm models
+            *EVA,  # tests/test_eva.py runs eva on an export
         ],
         "export": EXPORT,
+        "eva": [*EXPORT, *EVA],
         "tfds": ["tensorflow-datasets>=4.9.10", "array-record>=0.8"],
     },
 )

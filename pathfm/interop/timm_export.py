@@ -57,20 +57,6 @@ def write_pth(state: dict[str, np.ndarray], path: Path) -> None:
         torch.save(tensors, tmp)
 
 
-def eva_env(name: str, kwargs: dict[str, Any], checkpoint: Path, meta: dict) -> dict[str, str]:
-    """The environment variables eva's default configs read (`MODEL_NAME=timm/<name>`, ...)."""
-    extra = {"checkpoint_path": str(checkpoint), "num_classes": 0, **kwargs}
-    flow = ", ".join(f"{k}: {json.dumps(v)}" for k, v in extra.items())
-    return {
-        "MODEL_NAME": f"timm/{name}",
-        "MODEL_EXTRA_KWARGS": "{" + flow + "}",
-        "IN_FEATURES": str(kwargs["embed_dim"]),
-        "NORMALIZE_MEAN": json.dumps(list(meta["mean"])),
-        "NORMALIZE_STD": json.dumps(list(meta["std"])),
-        "RESIZE_DIM": str(meta["image_size"]),
-    }
-
-
 def export_backbone(
     backbone: Backbone,
     output: str | Path,
@@ -116,11 +102,6 @@ def export_backbone(
         "num_registers": cfg.num_registers,
         **meta,
     }
-    checkpoint = output.resolve() / files["pth" if "pth" in files else "safetensors"]
-    if classes:  # eva takes kwargs from YAML: class-valued ones cannot be passed
-        description["eva"] = {"unsupported": f"{classes} cannot be passed as YAML; use hubconf.py"}
-    else:
-        description["eva"] = eva_env(name, kwargs, checkpoint, description)
     if "safetensors" in formats:
         metadata = {"format": "pt", "timm_name": name, "pathfm": json.dumps(kwargs)}
         write_safetensors(state, output / files["safetensors"], metadata)

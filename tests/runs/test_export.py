@@ -78,7 +78,7 @@ def test_cli_export_loads_in_timm_with_the_runs_features(run, slide_patches):
     name = "vit_tiny_patch16_224"  # the tiny 32-wide test ViT (patch 8) closest named size
     assert f"wrote {name}" in stdout
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        [f"{name}.safetensors", f"{name}.pth", f"{name}.json", "hubconf.py"]
+        [f"{name}.safetensors", f"{name}.pth", f"{name}.json", "hubconf.py", "eva"]
     )
     description = json.loads((output / f"{name}.json").read_text())
     assert description["timm_kwargs"]["patch_size"] == 8
@@ -111,18 +111,10 @@ def test_cli_export_loads_in_timm_with_the_runs_features(run, slide_patches):
     hub = torch.hub.load(str(output), "pathfm_vit", source="local", trust_repo=True).eval()
     with torch.no_grad():
         np.testing.assert_allclose(hub(x).numpy(), theirs[0], atol=1e-5)  # num_classes=0: CLS
-    # eva's `timm/<name>` backbone: the YAML extra kwargs into timm.create_model, the file as
-    # pretrained_cfg (eva's TimmModel); the forward pass gives the CLS embedding.
-    import yaml  # a dependency of timm
-
-    extra = yaml.safe_load(description["eva"]["MODEL_EXTRA_KWARGS"])
-    file = extra.pop("checkpoint_path")
-    assert description["eva"]["MODEL_NAME"] == f"timm/{name}" and file.endswith(".pth")
-    eva = timm.create_model(
-        name, pretrained=True, pretrained_cfg={"file": file, "num_classes": 0}, **extra
-    ).eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(eva(x).numpy(), theirs[0], atol=1e-5)
+    # The export mode also writes eva's task configs; tests/test_eva.py runs eva on them.
+    configs = sorted(p.name for p in (output / "eva").iterdir())
+    assert configs == ["bach.yaml", "crc.yaml", "mhist.yaml", "patch_camelyon.yaml"]
+    assert str(path.resolve()) in (output / "eva" / "crc.yaml").read_text()
 
 
 def timm_input(images, description):
