@@ -1,5 +1,6 @@
 """The evaluation protocols one can ask for, by name, for the evaluation run and the online probe
-alike: the linear probe (eva) and the weighted kNN (facebookresearch/dino `eval_knn.py`)."""
+alike: the linear probe (eva) and the weighted kNN (facebookresearch/dino `eval_knn.py`); the
+evaluation run adds the colour-statistics baseline."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from pathfm.evaluation import metrics
 from pathfm.evaluation.knn import knn_classify
 
 PROTOCOLS = ("linear_probe", "knn")
+# The evaluation run also scores the colour-statistics baseline (`colour_baseline.py`): a linear
+# probe on the images' colour histograms, which says how much of a task colour alone solves.
+EVAL_PROTOCOLS = (*PROTOCOLS, "colour_baseline")
 
 
-def check_protocols(names: Sequence[str], key: str, allow_empty: bool = False) -> None:
-    """ConfigError naming `key` unless `names` is one or more of PROTOCOLS (or none, when
+def check_protocols(
+    names: Sequence[str], key: str, allow_empty: bool = False, known: Sequence[str] = PROTOCOLS
+) -> None:
+    """ConfigError naming `key` unless `names` is one or more of `known` (or none, when
     `allow_empty`)."""
-    bad = [name for name in names if name not in PROTOCOLS]
+    bad = [name for name in names if name not in known]
     if bad or not (names or allow_empty):
-        raise ConfigError(f"config.{key}: use one or more of {PROTOCOLS}, got {tuple(names)}")
+        raise ConfigError(f"config.{key}: use one or more of {tuple(known)}, got {tuple(names)}")
 
 
 def knn_scores(

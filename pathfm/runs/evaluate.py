@@ -21,6 +21,7 @@ import numpy as np
 from pathfm import parallel
 from pathfm.config import config_from_json
 from pathfm.errors import ConfigError
+from pathfm.evaluation.colour_baseline import colour_features
 from pathfm.evaluation.datasets import DATASETS, load_dataset
 from pathfm.evaluation.datasets.base import PatchDataset
 from pathfm.evaluation.features import (
@@ -29,7 +30,7 @@ from pathfm.evaluation.features import (
     extract_features,
 )
 from pathfm.evaluation.linear_probe import LinearProbeConfig, linear_probe
-from pathfm.evaluation.protocols import PROTOCOLS, check_protocols, knn_scores
+from pathfm.evaluation.protocols import EVAL_PROTOCOLS, PROTOCOLS, check_protocols, knn_scores
 from pathfm.evaluation.synthetic_task import synthetic_patch_task
 from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys
 from pathfm.runs.extractor import load_extractor
@@ -61,7 +62,7 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     resolve_checkpoint_keys(config)
     if config.task not in TASKS:
         raise ConfigError(f"config.task: {config.task!r} is not one of {', '.join(TASKS)}")
-    check_protocols(config.protocols, "protocols")
+    check_protocols(config.protocols, "protocols", known=EVAL_PROTOCOLS)
     if config.task != "synthetic" and not config.data_root:
         raise ConfigError(f"config.data_root: the folder of the {config.task} data set")
     try:
@@ -121,6 +122,14 @@ def make_extractor(config, run_config) -> FeatureExtractor:
     )
 
 
+def _colour_split(dataset, split: str, batch_size: int, image_size: int):
+    """(colour statistics [N, F], labels [N]) of a split's images as the backbone sees them
+    (`pathfm.evaluation.colour_baseline`)."""
+    batches = dataset.iter_batches(split, batch_size, image_size)
+    parts = [(colour_features(x), y) for x, y in batches]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def markdown_table(results: dict) -> str:
     """A heading naming the checkpoint, then a protocol | metric | mean | std table."""
     rows = ["| protocol | metric | mean | std |", "|---|---|---|---|"]
@@ -172,6 +181,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     if "knn" in config.protocols:
         scores = knn_scores(*train, *test, n_classes, config.knn.k, config.knn.temperature)
         results["protocols"]["knn"] = {"mean": scores, "std": dict.fromkeys(scores, 0.0)}
+    if "colour_baseline" in config.protocols:
+        colours = {
+            split: _colour_split(dataset, split, config.batch_size, image_size)
+            for split in dict.fromkeys(roles.values())
+        }
+        mean, std = colours["train"][0].mean(0), colours["train"][0].std(0) + 1e-6
+        colours = {k: ((x - mean) / std, y) for k, (x, y) in colours.items()}
+        probe = linear_probe(
+            *(a for r in ("train", "val", "test") for a in colours[roles[r]]),
+            n_classes,
+            LinearProbeConfig(**config.linear_probe.to_dict()),
+        )
+        results["protocols"]["colour_baseline"] = {"mean": probe["mean"], "std": probe["std"]}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     (workdir / "results.md").write_text(markdown_table(results))

@@ -56,6 +56,17 @@ def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(run, synthetic_sl
     assert "| linear_probe | balanced_accuracy |" in table and "step 4" in table
 
 
+def test_colour_baseline_solves_the_embedded_synthetic_task(run, synthetic_slide_dir, tmp_path):
+    """The embedded synthetic classes differ in colour (pathfm/evaluation/synthetic_task.py):
+    a probe on colour histograms alone scores far above chance (0.2), so on this task a high
+    score says little about a representation."""
+    config = _config(run, synthetic_slide_dir, protocols=("colour_baseline",))
+    results = evaluate(config, tmp_path)
+    colour = results["protocols"]["colour_baseline"]["mean"]["balanced_accuracy"]
+    assert 0.7 < colour <= 1.0
+    assert "| colour_baseline | balanced_accuracy |" in (tmp_path / "results.md").read_text()
+
+
 def test_random_init_baseline_uses_the_same_architecture_untrained(
     run, synthetic_slide_dir, tmp_path
 ):
