@@ -1,8 +1,9 @@
 """`model.init_from` for every method and every architecture pathfm exports, through the command
 line: DINO, DINOv2 with registers (a file without DINOv2's iBOT mask_token), SwiGLU + LayerScale,
-and MAE each start from timm weights, train a few real steps and export; the exports load in
-timm strictly. The state they start from holds the file's weights, and no two of its leaves share
-a buffer (the train step donates the state: a shared buffer would be donated twice)."""
+and MAE each start from timm weights and train a few real steps in `python -m pathfm.main`; the
+runs export (in-process, as the export command does) and the exports load in timm strictly. The
+state they start from holds the file's weights, and no two of its leaves share a buffer (the
+train step donates the state: a shared buffer would be donated twice)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from testutil import REPO
 from pathfm import parallel
 from pathfm.interop.timm_export import export_backbone
 from pathfm.main import load_config
+from pathfm.runs.export import export_run, validate_export
 from pathfm.train.build import build_setup
 from pathfm.train.metrics_log import read_metrics
 
@@ -85,23 +87,11 @@ def test_init_from_trains_and_exports_through_the_cli(name, tmp_path, synthetic_
     assert out.returncode == 0, out.stderr[-3000:]
     losses = [row["loss"] for row in read_metrics(workdir / "metrics.jsonl") if "loss" in row]
     assert len(losses) == 2 and np.all(np.isfinite(losses))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pathfm.main",
-            "--config",
-            "configs/export.py",
-            f"--config.checkpoint={workdir}",
-            f"--config.output={export}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    export_config = load_config(
+        str(REPO / "configs" / "export.py"), [f"checkpoint={workdir}", f"output={export}"]
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    validate_export(export_config)
+    export_run(export_config)  # what the export command line runs (tests/runs/test_export.py)
     (description,) = [json.loads(p.read_text()) for p in export.glob("vit_*.json")]
     timm_model(description, export, "pth")  # timm loads the file strictly
     state_dict = torch.load(export / description["files"]["pth"], weights_only=True)
