@@ -116,15 +116,15 @@ def test_tiny_runs_use_the_reference_tables_at_every_crop_size(method, extra):
     """The backbone a DINO / DINOv2 run trains adds exactly torch's interpolated table."""
     config = load_config(str(CONFIGS / "quickstart.py"))
     config.method = method
-    config.model.update(**extra)
+    config.model.update(depth=1, **extra)  # one block: the table is added before the blocks
     config.crops.update(global_size=48, local_size=24)
     run = build_method(config)
-    params, extra_state = run.init(jax.random.key(0))
+    params, extra_state = jax.jit(run.init)(jax.random.key(0))
     backbone = run.backbone(params, extra_state, "student")
     assert backbone.config.pos_interp == "official"
     stored = np.asarray(backbone.params["pos_embed"])
     model = VisionTransformer(backbone.config)
-    for size in (config.crops.global_size, config.crops.local_size, 16, 64):
+    for size in (config.crops.global_size, config.crops.local_size, 64):
         grid = size // backbone.config.patch_size
         images = np.zeros((1, size, size, 3), np.float32)
         _, state = model.apply({"params": backbone.params}, images, mutable=["intermediates"])
