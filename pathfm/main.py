@@ -9,17 +9,21 @@ unknown key or an invalid value stops with one message and exit code 2 before an
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
+import textwrap
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from pathfm.config import validate
+from pathfm.config import base_config, validate
 from pathfm.data.slides import find_slides
 from pathfm.errors import ConfigError, PathfmError
 from pathfm.parallel import distributed
@@ -30,9 +34,18 @@ from pathfm.runs.export import export_run, validate_export
 from pathfm.runs.prepare import prepare, validate_prepare
 from pathfm.runs.resume import check_same_run, record_changes
 from pathfm.runs.workdir import RunWorkdir
+from pathfm.train.checkpoint import complete_steps
 from pathfm.train.loop import train
+from pathfm.train.progress import already_complete, summary
 
 USAGE = "usage: python -m pathfm.main --config configs/<experiment>.py[:arg] --workdir DIR"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+COMMON_OVERRIDES = (
+    ("--config.data.slides=DIR", "your slides (a folder or a .csv manifest); synthetic if empty"),
+    ("--config.batch_size=N", "global batch over all devices"),
+    ("--config.epochs=N", "pseudo-epochs of steps_per_epoch steps; raise it to train on"),
+    ("--workdir DIR", "checkpoints, metrics.jsonl, pathfm.log; rerun the same command to resume"),
+)
 
 
 def _define_flags() -> flags.FlagValues:
@@ -65,6 +78,59 @@ def _define_flags() -> flags.FlagValues:
         "process_id", None, "this process's index, 0..num_processes-1", flag_values=fv
     )
     return fv
+
+
+def config_lines(folder: Path) -> list[str]:
+    """`<path>  <first line of its docstring>` for each config file under `folder`."""
+    entries = []
+    for path in sorted(folder.rglob("*.py")):
+        doc = (ast.get_docstring(ast.parse(path.read_text())) or "").strip()
+        entries.append((str(path.relative_to(folder.parent)), doc.splitlines()[0] if doc else ""))
+    width = max((len(name) for name, _ in entries), default=0)
+    return [f"  {name:<{width}}  {line}".rstrip() for name, line in entries]
+
+
+def help_text(configs: Path = CONFIGS) -> str:
+    """What `--help` prints: usage, the configs, the config keys, common overrides, docs."""
+    keys = base_config()
+    groups = [k for k, v in keys.items() if isinstance(v, ml_collections.ConfigDict)]
+    run_keys = [k for k in keys if k not in groups]
+    flag_values = _define_flags()
+    flag_lines = [
+        f"  --{name}: {flag_values[name].help}" for name in flag_values if name != "config"
+    ]
+    overrides = [f"  {flag:<26}{what}" for flag, what in COMMON_OVERRIDES]
+    return "\n".join(
+        [
+            f"{USAGE} [--config.<key>=VALUE ...]",
+            "",
+            "Pre-trains (or prepares, evaluates, exports: the config's `mode`) and prints a",
+            "progress line per logged step; a rerun on the same --workdir resumes.",
+            "",
+            "configs (--config <file>):",
+            *(config_lines(configs) if configs.is_dir() else ["  (not found)"]),
+            "",
+            "config keys (override any with --config.<key>=VALUE):",
+            *textwrap.wrap(
+                f"run: {', '.join(run_keys)}", 96, initial_indent="  ", subsequent_indent="    "
+            ),
+            *textwrap.wrap(
+                f"groups (--config.<group>.<key>): {', '.join(groups)}",
+                96,
+                initial_indent="  ",
+                subsequent_indent="    ",
+            ),
+            "",
+            "common overrides:",
+            *overrides,
+            "",
+            "flags:",
+            *flag_lines,
+            "",
+            'more: README.md ("Configs and keys" lists every key with its default, "What a run',
+            'writes" the outputs) and docs/*.md (data, scaling, evaluation, interop, dashboards).',
+        ]
+    )
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -128,6 +194,9 @@ def load_config(config_arg: str, overrides: Sequence[str] = ()) -> ml_collection
 
 def parse_args(argv: list[str]):
     """(config, parsed flags) from the command line; exits 2 with a clear message on bad input."""
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(help_text())
+        sys.exit(0)
     fv = _define_flags()
     config_path = next(
         (a.split("=", 1)[1] if "=" in a else None for a in argv if a.startswith("--config=")), None
@@ -180,10 +249,20 @@ def run_mode(config, workdir: str | None, run: RunWorkdir) -> None:
     if config.data.slides:
         find_slides(config.data.slides, config.data.root)  # a missing folder or file stops here
     changes = check_same_run(config, workdir)  # a refused rerun writes nothing
+    total = config.epochs * config.steps_per_epoch
+    is_main = jax.process_index() == 0
+    saved = next(iter(complete_steps(Path(workdir) / "checkpoints")), 0)
+    if saved >= total:
+        if is_main:
+            print(already_complete(workdir, saved, total))
+        return
     run.own()
-    if jax.process_index() == 0:
+    if is_main:
         record_changes(workdir, changes)
-    train(config, workdir)
+    started = time.perf_counter()
+    last = train(config, workdir)
+    if is_main and not last.get("preempted"):
+        print(summary(workdir, total, time.perf_counter() - started, last))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,9 +134,25 @@ def straight(tmp_path_factory, synthetic_slide_dir):
     """12 steps without interruption: the reference run."""
     tmp_path = tmp_path_factory.mktemp("straight")
     args = [*TINY, f"--config.data.slides={synthetic_slide_dir}"]
-    out = _cli(["--workdir", str(tmp_path / "run"), *args], tmp_path, timeout=600)
+    workdir = tmp_path / "run"
+    out = _cli(["--workdir", str(workdir), *args], tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return tmp_path / "run", args
+    # the terminal (here a pipe): plain progress lines, the compile time, then the summary
+    assert "compiling the train step" in out.stderr and "compiled in " in out.stderr
+    assert "step 1/12 (8%) loss " in out.stderr and "\r" not in out.stderr
+    assert "step 6/12 (50%) loss " in out.stderr and ", RankMe " in out.stderr
+    assert " s/step " in out.stderr and " img/s | " in out.stderr and ", ETA " in out.stderr
+    assert "grad_norm=" not in out.stderr  # the full metrics go to the log file
+    assert "step 12: " in (workdir / "pathfm.log").read_text()
+    assert "pathfm: finished 12 steps in " in out.stdout and "ODCorr" in out.stdout
+    assert f"checkpoints: {workdir / 'checkpoints'} (step 12)" in out.stdout
+    assert f"python -m pathfm.report --workdir {workdir}" in out.stdout
+    # rerunning the finished run trains nothing and says so
+    again = _cli(["--workdir", str(workdir), *args], tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already complete: checkpoint 12 of 12 steps" in again.stdout
+    assert f"--config.checkpoint={workdir}" in again.stdout and "resumed" not in again.stderr
+    return workdir, args
 
 
 @pytest.mark.slow

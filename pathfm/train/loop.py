@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from pathfm import parallel
 from pathfm.data import pipeline
@@ -32,6 +30,7 @@ from pathfm.train.checkpoint import Checkpointer
 from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records
 from pathfm.train.preemption import PreemptionWatch, signals_deferred
+from pathfm.train.progress import headline, progress_line
 
 log = logging.getLogger(__name__)
 # What a run writes about itself; a restart from step 0 moves the old ones aside (dated).
@@ -174,9 +173,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # ---- Loop ----------------------------------------------------------------------------------
     last: dict[str, float] = {}
-    bar = tqdm(
-        total=total_steps, initial=start, disable=not (is_main and sys.stderr.isatty()), unit="step"
-    )
+    if start < total_steps:
+        log.info("compiling the train step (the first step waits for it) ...")
+    loop_start = first_done = time.perf_counter()  # first_done: when the compiled step returned
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
     read_errors_total = read_errors_reported = 0  # unreadable tiles met this run
     try:
@@ -187,11 +186,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 input_wait += time.perf_counter() - t0
                 read_errors_total += int(np.sum(host_batch.get("read_errors", 0)))
                 batch = parallel.shard_batch({k: host_batch[k] for k in method.batch_keys}, mesh)
+                t_step = time.perf_counter()
                 state, metrics = setup.step(state, batch, setup.step_rng)
+                if step == start:
+                    first_done = time.perf_counter()
+                    log.info("compiled in %.0f s", first_done - t_step)
                 nonfinite.push(step + 1, metrics, host_batch)
                 window_images += config.batch_size
                 done = step + 1
-                bar.update(1)
 
                 record = {}
                 if done % config.log_every_steps == 0 or done == total_steps or done == start + 1:
@@ -208,7 +210,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                             read_errors_total, read_errors_total - read_errors_reported,
                         )  # fmt: skip
                         read_errors_reported = read_errors_total
-                    bar.set_postfix(loss=f"{float(record['loss']):.4f}")
                 if probe is not None and (
                     done % config.monitor.every_steps == 0 or done == total_steps
                 ):
@@ -221,6 +222,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 if record:
                     metrics_log.write(done, record)
                     last = {**last, **record}
+                if record and is_main:
+                    now = time.perf_counter()
+                    rate = (now - first_done) / (done - start - 1) if done > start + 1 else None
+                    line = progress_line(
+                        done, total_steps, headline(record), now - loop_start, rate,
+                        config.batch_size,
+                    )  # fmt: skip
+                    log.info(line)
                 dashboard.log(done, record, host_batch)
                 preempted = preemption.reached(done)
                 if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
@@ -237,7 +246,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                     break
             nonfinite.flush()
     finally:
-        bar.close()
         dashboard.close()
         with signals_deferred():  # a second TERM must not cut the commit short
             checkpointer.close()  # commits saves in flight: the last good one before a stop

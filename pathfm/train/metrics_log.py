@@ -1,4 +1,5 @@
-"""Training metrics: one JSON object per line in <workdir>/metrics.jsonl, plus console lines."""
+"""Training metrics: one JSON object per line in <workdir>/metrics.jsonl, plus a line with all of
+them in the log file (the terminal gets the short progress line of pathfm.train.progress)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class MetricsLog:
                 for k, v in record.items()
                 if k != "step"
             )
-            log.info("step %d: %s", step, shown)
+            log.debug("step %d: %s", step, shown)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
