@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """Features of every (images [B, H, W, 3], labels [B] or None) batch, concatenated."""
     parts: dict[str, list[np.ndarray]] = {"cls": [], "mean_patch": [], "labels": []}
-    with tqdm(total=total, unit="img", desc="features", leave=False) as bar:
+    quiet = not sys.stderr.isatty()  # a redirected log gets the callers' phase lines instead
+    with tqdm(total=total, unit="img", desc="features", leave=False, disable=quiet) as bar:
         for images, labels in batches:
             for key, value in extractor(images).items():
                 parts[key].append(value)

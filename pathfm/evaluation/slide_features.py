@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -151,7 +152,9 @@ def _extract(
     A short last batch is padded to `batch_size` (and cut back), so a jitted extractor compiles
     one shape for the whole run instead of one per slide's remainder."""
     parts: dict[str, list[np.ndarray]] = {"cls": [], "mean_patch": []}
-    with tqdm(total=total, unit="tile", desc=desc, leave=False) as bar:
+    with tqdm(
+        total=total, unit="tile", desc=desc, leave=False, disable=not sys.stderr.isatty()
+    ) as bar:
         for images in batches:
             n = len(images)
             if n < batch_size:
@@ -270,7 +273,11 @@ def extract_slide_features(
             settings.check(file)  # before any work: a mismatch is the caller's mistake
     summary = {"written": [], "existing": [], "failed": []}
     handles = slides_lib.SlideHandles(max_open=4)
-    for record, file in zip(records, tqdm(existing, unit="slide", desc="slides"), strict=True):
+    quiet = not sys.stderr.isatty()  # a redirected log gets one line per slide, not bars
+    slides = tqdm(existing, unit="slide", desc="slides", disable=quiet)
+    for i, (record, file) in enumerate(zip(records, slides, strict=True), 1):
+        if quiet:
+            log.info("slide %d/%d: %s", i, len(records), record.path)
         if file.exists():
             log.info("Skipping %s: its features are in %s", record.path, file)
             summary["existing"].append({"slide": record.path, "file": file.name})

@@ -1,7 +1,8 @@
 """Evaluation runs (`python -m pathfm.main --config configs/eval/linear_probe.py
 --config.checkpoint=RUN --workdir OUT`): frozen features of a run's checkpoint on a labelled
 patch task, then eva's linear probe and/or DINO's kNN; results in OUT/results.json and
-OUT/results.md.
+OUT/results.md, whose table is also printed on stdout. Phases are logged; progress bars show only
+when stderr is a terminal.
 
 Tasks without a test split are reported on their validation split (as eva does for BACH and
 CRC); MHIST's test split doubles as validation (eva's mhist.yaml).
@@ -158,6 +159,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     }
     features = {}
     for split in dict.fromkeys(roles.values()):
+        log.info("features: %s split (%d images)", split, len(dataset.split(split)))
         batches = dataset.iter_batches(split, config.batch_size, image_size)
         arrays = extract_features(extractor, batches, total=len(dataset.split(split)))
         features[split] = (arrays["cls"], arrays["labels"])
@@ -174,14 +176,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         "protocols": {},
     }
     if "linear_probe" in config.protocols:
+        log.info("linear probe: %d seeds", len(config.linear_probe.seeds))
         probe = linear_probe(
             *train, *val, *test, n_classes, LinearProbeConfig(**config.linear_probe.to_dict())
         )
         results["protocols"]["linear_probe"] = {"mean": probe["mean"], "std": probe["std"]}
     if "knn" in config.protocols:
+        log.info("kNN: k=%d", config.knn.k)
         scores = knn_scores(*train, *test, n_classes, config.knn.k, config.knn.temperature)
         results["protocols"]["knn"] = {"mean": scores, "std": dict.fromkeys(scores, 0.0)}
     if "colour_baseline" in config.protocols:
+        log.info("colour baseline: colour statistics and a linear probe")
         colours = {
             split: _colour_split(dataset, split, config.batch_size, image_size)
             for split in dict.fromkeys(roles.values())
@@ -196,6 +201,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         results["protocols"]["colour_baseline"] = {"mean": probe["mean"], "std": probe["std"]}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    (workdir / "results.md").write_text(markdown_table(results))
-    log.info("results in %s:\n%s", workdir / "results.md", markdown_table(results))
+    table = markdown_table(results)
+    (workdir / "results.md").write_text(table)
+    log.info("results in %s", workdir / "results.md")
+    print(table, flush=True)
     return results

@@ -4,7 +4,8 @@
 Campanella et al.'s protocol end to end: frozen features of every tissue tile of every slide in
 the manifest (`extract_slide_features`: resumable, one .npz per slide in `features_dir`), then
 gated-attention MIL with Monte-Carlo cross-validation (`mil.cross_validate`); test AUC and
-balanced accuracy (mean and std over the splits) in OUT/results.json and OUT/results.md.
+balanced accuracy (mean and std over the splits) in OUT/results.json and OUT/results.md, whose
+table is also printed on stdout.
 
 The manifest is a CSV with a `path` column (relative to the CSV), a label column (`label_column`,
 any strings) and an optional `mpp` column, as the training manifest. Classes are the sorted
@@ -120,6 +121,7 @@ def evaluate_mil(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     labels_by_path, classes = _labels(config, manifest)
     extractor = patch_run.make_extractor(config, run_config)
     features_dir = Path(config.features_dir or workdir / "slide_features")
+    log.info("slide features: %d slides into %s", len(labels_by_path), features_dir)
     summary = extract_slide_features(
         extractor,
         str(manifest),
@@ -135,6 +137,7 @@ def evaluate_mil(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     bags = [_bag(stored[p], config.features) for p in paths]
     labels = np.array([classes.index(labels_by_path[p]) for p in paths], np.int64)
     mil = GMAConfig(n_classes=len(classes), **config.mil.to_dict())
+    log.info("MIL: %d slides, %d Monte-Carlo splits", len(paths), mil.n_splits)
     try:
         cv = cross_validate(bags, labels, mil)
     except ValueError as e:  # too few slides of a class for the splits
@@ -177,6 +180,8 @@ def evaluate_mil(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    (workdir / "results.md").write_text(_markdown(results))
-    log.info("results in %s:\n%s", workdir / "results.md", _markdown(results))
+    table = _markdown(results)
+    (workdir / "results.md").write_text(table)
+    log.info("results in %s", workdir / "results.md")
+    print(table, flush=True)
     return results

@@ -3,9 +3,9 @@
     python -m pathfm.main --config configs/export.py \
         --config.checkpoint=runs/vits16 --config.output=exports/vits16
 
-writes `<timm name>.safetensors`, `<timm name>.pth`, `<timm name>.json` and `hubconf.py` into
-`output` (docs/interop.md), and eva's BACH, CRC, MHIST and PCam configs into `output/eva/`
-(docs/eva.md). Every key is checked before anything is read or written.
+writes `<timm name>.safetensors`, `<timm name>.pth`, `<timm name>.json`, `hubconf.py` and a
+model card `README.md` into `output` (docs/interop.md), and eva's BACH, CRC, MHIST and PCam
+configs into `output/eva/` (docs/eva.md). Every key is checked before anything is read or written.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pathfm
 from pathfm.config import config_from_json
 from pathfm.errors import ConfigError
 from pathfm.interop.eva_configs import write_eva_configs
+from pathfm.interop.model_card import write_model_card
 from pathfm.interop.timm_export import FORMATS, check_formats, export_backbone
 from pathfm.runs.checkpoint_keys import checkpoint_keys, resolve_checkpoint_keys, run_folder
 from pathfm.ssl.registry import build_method
@@ -74,6 +75,7 @@ def export_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     description = export_backbone(backbone, config.output, meta, config.formats)
     eva = write_eva_configs(description, config.output)
+    write_model_card(description, config.output, run_config.batch_size)
     name = description["timm_name"]
     log.info("exported the %s of %s step %d as %s to %s", which, run, step, name, config.output)
     log.info("eva configs (docs/eva.md): %s", ", ".join(str(p) for p in eva))

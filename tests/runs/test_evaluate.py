@@ -42,7 +42,9 @@ def _config(run, slides, **overrides):
     return c
 
 
-def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(run, synthetic_slide_dir, tmp_path):
+def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(
+    run, synthetic_slide_dir, tmp_path, capsys
+):
     results = evaluate(_config(run, synthetic_slide_dir), tmp_path)
     assert results["step"] == 4 and results["backbone"] == "teacher"
     assert results["splits"] == {"train": "train", "val": "val", "test": "test"}
@@ -54,6 +56,7 @@ def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(run, synthetic_sl
     assert on_disk["protocols"]["knn"]["mean"]["balanced_accuracy"] == knn
     table = (tmp_path / "results.md").read_text()
     assert "| linear_probe | balanced_accuracy |" in table and "step 4" in table
+    assert table in capsys.readouterr().out  # printed when done
 
 
 def test_colour_baseline_solves_the_embedded_synthetic_task(run, synthetic_slide_dir, tmp_path):

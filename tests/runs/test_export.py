@@ -1,7 +1,9 @@
 """End to end: a tiny run trained from imported weights (`config.model.init_from`), exported by
 `python -m pathfm.main --config configs/export.py`, loaded in timm as docs/interop.md says and
-through the folder's hubconf.py; bad export keys and bad weights stop with one clear message."""
+through the folder's hubconf.py, with a model card beside the weights; bad export keys and bad
+weights stop with one clear message."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -78,7 +80,7 @@ def test_cli_export_loads_in_timm_with_the_runs_features(run, slide_patches):
     name = "vit_tiny_patch16_224"  # the tiny 32-wide test ViT (patch 8) closest named size
     assert f"wrote {name}" in stdout
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        [f"{name}.safetensors", f"{name}.pth", f"{name}.json", "hubconf.py", "eva"]
+        [f"{name}.safetensors", f"{name}.pth", f"{name}.json", "hubconf.py", "README.md", "eva"]
     )
     description = json.loads((output / f"{name}.json").read_text())
     assert description["timm_kwargs"]["patch_size"] == 8
@@ -115,6 +117,15 @@ def test_cli_export_loads_in_timm_with_the_runs_features(run, slide_patches):
     configs = sorted(p.name for p in (output / "eva").iterdir())
     assert configs == ["bach.yaml", "crc.yaml", "mhist.yaml", "patch_camelyon.yaml"]
     assert str(path.resolve()) in (output / "eva" / "crc.yaml").read_text()
+    card = (output / "README.md").read_text()
+    for kwarg, value in description["timm_kwargs"].items():
+        assert f"    {kwarg}={value!r},\n" in card  # the timm.create_model call
+    assert f"# {name}: pathfm dino teacher, step 2\n" in card
+    assert "closest registered family" in card and "`patch_size=8` (name: 16)" in card
+    assert f"mean `{description['mean']}`, std `{description['std']}`" in card
+    assert f"2 steps x batch {config['batch_size']}" in card
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f"| `{path.name}` | `{digest}` |" in card
 
 
 def timm_input(images, description):
