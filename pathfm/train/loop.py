@@ -6,7 +6,6 @@ from the latest complete checkpoint, with the same data order as an uninterrupte
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import time
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from pathfm import parallel
-from pathfm.data import pipeline
+from pathfm.data import pipeline, slide_qc
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe, online_task
@@ -165,9 +164,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        (workdir / "slides.json").write_text(
-            json.dumps({"usable": index.paths(), "rejected": index.rejected}, indent=2)
+        qc_lines = slide_qc.write_report(
+            index, config.data.mpps, workdir / "slides.json", slides.source, config.data.root
         )
+        log.info("slides:\n  %s", "\n  ".join(qc_lines))
     nonfinite = NonFiniteCheck(config.on_nonfinite, index.path, checkpointer.directory)
     nonfinite.last_good_checkpoint = restored[0] if restored else None
 
