@@ -127,6 +127,10 @@ def help_text(configs: Path = CONFIGS) -> str:
             "flags:",
             *flag_lines,
             "",
+            "other tools:",
+            "  python -m pathfm.preview --slides DIR --out DIR   slide QC gallery, no run needed",
+            "  python -m pathfm.report --workdir DIR             a run's training report (PNG)",
+            "",
             'more: README.md ("Configs and keys" lists every key with its default, "What a run',
             'writes" the outputs) and docs/*.md (data, scaling, evaluation, interop, dashboards).',
         ]

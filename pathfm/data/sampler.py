@@ -288,10 +288,8 @@ class PatchSampler:
         return self._handles
 
     def _draw(self, rng: np.random.Generator) -> tuple[int, float, tuple[float, float], float]:
-        """(slide, mpp, level-0 centre, tissue fraction) of a patch, mostly tissue if possible.
-
-        A uniform tissue pixel of the mask, a uniform point in it, kept once the patch around it
-        has min_tissue_fraction (max_tries candidates at most; the last one otherwise)."""
+        """(slide, mpp, level-0 centre, tissue fraction) of a patch: a slide (by slide_weighting),
+        a resolution (by mpp_weights), then `location` in that slide."""
         index = self.index
         if self._cum_slides is None:
             slide = int(rng.integers(len(index)))
@@ -300,6 +298,15 @@ class PatchSampler:
             slide = min(slide, len(index) - 1)
         choice = int(self._cum_weights[slide].searchsorted(rng.random(), side="right"))
         mpp = self.mpps[min(choice, len(self.mpps) - 1)]
+        return (slide, mpp, *self.location(slide, mpp, rng))
+
+    def location(
+        self, slide: int, mpp: float, rng: np.random.Generator
+    ) -> tuple[tuple[float, float], float]:
+        """(level-0 centre, tissue fraction) of a patch at `mpp` in `slide`, mostly tissue if
+        possible: a uniform tissue pixel of the mask, a uniform point in it, kept once the patch
+        around it has min_tissue_fraction (max_tries candidates at most; the last one otherwise)."""
+        index = self.index
         runs, tissue_pixels = index.runs(slide), int(index.tissue_pixels[slide])
         shape = int(index.mask_h[slide]), int(index.mask_w[slide])
         size = int(index.width[slide]), int(index.height[slide])
@@ -312,7 +319,7 @@ class PatchSampler:
             frac = tissue_runs.box_fraction(runs, shape, size, x0, y0, extent)
             if frac >= self.min_tissue_fraction:
                 break
-        return slide, mpp, (cx, cy), frac
+        return (cx, cy), frac
 
     def budget_location(self, k: int) -> tuple[int, float, tuple[float, float], float]:
         """Pool entry k (slide, mpp, centre, tissue): recomputed from (budget_seed, k) each time."""

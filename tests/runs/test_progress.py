@@ -107,3 +107,4 @@ def test_help_exits_zero_listing_configs_keys_and_overrides(capsys):
     for override in ("--config.data.slides=DIR", "--config.batch_size=N", "--config.epochs=N"):
         assert override in text
     assert "README.md" in text and "docs/" in text
+    assert "python -m pathfm.preview --slides DIR --out DIR" in text
