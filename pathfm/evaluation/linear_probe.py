@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import statistics
 from typing import Any
 
@@ -36,6 +37,8 @@ import numpy as np
 import optax
 
 from pathfm.evaluation import metrics
+
+log = logging.getLogger(__name__)
 
 Params = Any  # {"kernel": [D, C], "bias": [C]}
 
@@ -224,10 +227,15 @@ def linear_probe(
         (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)) for x, y in splits.values()
     )
     runs = []
-    for seed in config.seeds:
+    for i, seed in enumerate(config.seeds, 1):
         params, record = fit_linear_head(train_x, train_y, val_x, val_y, num_classes, config, seed)
         test = evaluate_linear_head(params, test_x, test_y, num_classes)
         runs.append({"seed": seed, **record, "params": params, **test})
+        log.info(
+            "linear probe seed %d/%d: %d steps (best %d), val %.4f, test balanced accuracy %.4f",
+            i, len(config.seeds), record["steps"], record["best_step"],
+            record["val_balanced_accuracy"], test["balanced_accuracy"],
+        )  # fmt: skip
     names = ["val_balanced_accuracy", *test]
     values = {name: [run[name] for run in runs] for name in names}
     return {

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ import optax
 from pathfm.adamw import adamw
 from pathfm.evaluation.metrics import balanced_accuracy, multiclass_roc_auc, roc_auc
 from pathfm.schedules import cosine_schedule
+
+log = logging.getLogger(__name__)
 
 _SELECTIONS = ("best_val", "last")
 
@@ -349,6 +352,11 @@ def cross_validate(bags: Sequence[np.ndarray], labels: np.ndarray, config: GMACo
                 **split,
             }
         )
+        log.info(
+            "MIL split %d/%d: best epoch %d, test AUC %.4f, balanced accuracy %.4f",
+            i + 1, len(splits), history["epoch"], results[-1]["test_auc"],
+            results[-1]["test_balanced_accuracy"],
+        )  # fmt: skip
     return summarize(results)
 
 

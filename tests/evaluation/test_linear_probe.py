@@ -29,9 +29,16 @@ def _blobs(seed: int, n: int, num_classes: int, spread: float = 0.5):
     return (centres[labels] + spread * rng.normal(size=(n, 8))).astype(np.float32), labels
 
 
-def test_separable_features_reach_perfect_balanced_accuracy_and_stop_early() -> None:
+def test_separable_features_reach_perfect_balanced_accuracy_and_stop_early(caplog) -> None:
     (tx, ty), (vx, vy), (sx, sy) = _blobs(0, 400, 3), _blobs(1, 150, 3), _blobs(2, 150, 3)
-    result = linear_probe(tx, ty, vx, vy, sx, sy, 3, SMALL)
+    with caplog.at_level("INFO", logger="pathfm.evaluation.linear_probe"):
+        result = linear_probe(tx, ty, vx, vy, sx, sy, 3, SMALL)
+    seeds = len(SMALL.seeds)
+    phases = [r.getMessage() for r in caplog.records]
+    assert [p.split(":")[0] for p in phases] == [
+        f"linear probe seed {i}/{seeds}" for i in range(1, seeds + 1)
+    ]
+    assert phases[-1].endswith("test balanced accuracy 1.0000")
     assert result["mean"]["balanced_accuracy"] == 1.0 and result["std"]["balanced_accuracy"] == 0
     assert result["mean"]["accuracy"] == 1.0
     assert "auc" not in result["mean"]  # only for two classes

@@ -1,3 +1,5 @@
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,12 +181,23 @@ def planted_cv():
         min_bucket=64,  # one padded shape: a single compilation
     )  # fmt: skip
     bags, labels, markers = planted_marker_slides(48, seed=0)
-    return mil.cross_validate(bags, labels, config), bags, labels, markers
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("pathfm.evaluation.mil")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = mil.cross_validate(bags, labels, config)
+    finally:
+        logger.removeHandler(handler)
+    return result, bags, labels, markers, logged
 
 
 def test_cross_validation_learns_the_planted_marker(planted_cv):
-    result, bags, _, markers = planted_cv
+    result, bags, _, markers, logged = planted_cv
     assert len(result["splits"]) == 3
+    assert [m.split(":")[0] for m in logged] == [f"MIL split {i}/3" for i in (1, 2, 3)]  # phases
     for split in result["splits"]:
         assert split["test_auc"] > 0.9
         assert split["test_balanced_accuracy"] >= 0.8
@@ -199,7 +212,7 @@ def test_cross_validation_learns_the_planted_marker(planted_cv):
 
 
 def test_cross_validation_summary_is_consistent(planted_cv):
-    result, bags, labels, _ = planted_cv
+    result, bags, labels, _, _ = planted_cv
     splits = result["splits"]
     aucs = [s["test_auc"] for s in splits]
     accs = [s["test_balanced_accuracy"] for s in splits]
