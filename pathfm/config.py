@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.crops.rot90 = True  # pathology addition
     c.crops.color_jitter_p = 0.8
     c.crops.grayscale_p = 0.2
+    c.crops.blur_sigma = (0.1, 2.0)  # Gaussian blur std in px of the output crop (DINO's)
     c.crops.hed_p = 0.0  # HED stain jitter (pathology addition), off in plain DINO
     c.crops.hed_sigma = 0.05  # stain scale alpha ~ U(1 - sigma, 1 + sigma)
     c.crops.hed_bias = 0.005  # stain shift beta ~ U(-bias, bias), skimage rgb2hed units

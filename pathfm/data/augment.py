@@ -517,6 +517,7 @@ def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
         rot90=cr.rot90,
         color_jitter_p=cr.color_jitter_p,
         grayscale_p=cr.grayscale_p,
+        blur_sigma=tuple(cr.blur_sigma),
         hed_p=cr.hed_p,
         hed_sigma=cr.hed_sigma,
         hed_bias=cr.hed_bias,
