@@ -10,6 +10,10 @@ EXPORT = ["torch>=2.1", "timm>=1.0", "safetensors>=0.4"]
 # (tests/test_eva.py runs the one installed). kaiko-eva[vision] 0.4.5 keeps the installed torch,
 # torchvision and timm (it asks for torch>=2.3, torchvision>=0.17, timm>=1.0.9).
 EVA = ["kaiko-eva[vision]==0.4.5", "jsonargparse[omegaconf]>=4.31,<4.52"]
+# Experiment trackers beside TensorBoard (docs/dashboards.md). mlflow-skinny is MLflow's client
+# with the local file store; `mlflow ui` comes with the full `mlflow` package.
+WANDB = ["wandb>=0.19"]
+MLFLOW = ["mlflow-skinny>=2.16"]
 
 setup(
     name="pathfm",
@@ -51,9 +55,13 @@ setup(
             "ipykernel>=6.29",
             *EXPORT,  # the timm parity tests run against real timm models
             *EVA,  # tests/test_eva.py runs eva on an export
+            *WANDB,  # tests/train/test_trackers.py reads back an offline run and a file store
+            *MLFLOW,
         ],
         "export": EXPORT,
         "eva": [*EXPORT, *EVA],
         "tfds": ["tensorflow-datasets>=4.9.10", "array-record>=0.8"],
+        "wandb": WANDB,
+        "mlflow": MLFLOW,
     },
 )

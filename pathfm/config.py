@@ -181,6 +181,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dashboard.tensorboard = True  # event files of every logged scalar and crop grids
     c.dashboard.image_every_steps = 1000  # crop grids at the run's first step and every N; 0: first
     c.dashboard.image_samples = 8  # samples (grid rows) per crop grid; 0 writes no images
+    c.dashboard.wandb = False  # the same scalars to Weights & Biases too (pip install .[wandb])
+    c.dashboard.wandb_project = "pathfm"  # W&B project of the run (named after the workdir)
+    c.dashboard.wandb_mode = "offline"  # <workdir>/wandb, `wandb sync` it; "online": `wandb login`
+    c.dashboard.mlflow = False  # the same scalars to MLflow too (pip install .[mlflow])
+    c.dashboard.mlflow_tracking_uri = ""  # "" = a local file store, file:<workdir>/mlruns
+    c.dashboard.mlflow_experiment = "pathfm"  # MLflow experiment of the run (named after workdir)
     return c
 
 

@@ -20,8 +20,9 @@ LAYERS = (
     ("pathfm.interop",),  # timm names, weights in and out
     ("pathfm.evaluation",),  # protocols as a library: RankMe/ODCorr, kNN, probes, MIL, data sets
     ("pathfm.train",),  # state, step, loop, checkpoints
-    # what users start: the config and its check, the runs, main, report and plots
-    ("pathfm.config", "pathfm.runs", "pathfm.main", "pathfm.report", "pathfm.visualization"),
+    # what users start: the config and its check, the runs, main, report, preview and plots
+    ("pathfm.config", "pathfm.runs", "pathfm.main", "pathfm.report", "pathfm.preview",
+     "pathfm.visualization"),
 )  # fmt: skip
 SOURCES = sorted((REPO / "pathfm").rglob("*.py"))
 

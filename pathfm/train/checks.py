@@ -1,8 +1,10 @@
 """Checks of the training keys: run length and batch, the mesh, the optimiser, checkpoints,
-dashboards, and `model.init_from` (the weights file fits the backbone)."""
+dashboards (TensorBoard, W&B, MLflow), and `model.init_from` (the weights file fits the
+backbone)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import jax
@@ -36,8 +38,36 @@ def check_training_config(c: ml_collections.ConfigDict, num_devices: int) -> Non
         "use 'linear256' or 'sqrt1024'",
     )
     require(c.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
+    check_dashboard_config(c.dashboard)
+
+
+def check_dashboard_config(d: ml_collections.ConfigDict) -> None:
+    """TensorBoard's image cadence, and the W&B / MLflow keys (their package is installed)."""
     for key in ("image_every_steps", "image_samples"):
-        require(c.dashboard[key] >= 0, f"dashboard.{key}", "must be >= 0")
+        require(d[key] >= 0, f"dashboard.{key}", "must be >= 0")
+    require(
+        d.wandb_mode in ("offline", "online"),
+        "dashboard.wandb_mode",
+        f"{d.wandb_mode!r}: use 'offline' (sync later with `wandb sync`) or 'online' (after "
+        "`wandb login`)",
+    )
+    require(
+        bool(d.wandb_project.strip()) and not set(d.wandb_project) & set("/\\#?%:"),
+        "dashboard.wandb_project",
+        f"{d.wandb_project!r}: give a non-empty W&B project name without / \\ # ? % :",
+    )
+    require(
+        bool(d.mlflow_experiment.strip()),
+        "dashboard.mlflow_experiment",
+        "give a non-empty MLflow experiment name",
+    )
+    for key in ("wandb", "mlflow"):
+        require(
+            not d[key] or importlib.util.find_spec(key) is not None,
+            f"dashboard.{key}",
+            f'the {key} package is not installed: pip install -e ".[{key}]" (or set '
+            f"dashboard.{key}=False)",
+        )
 
 
 def check_mesh_config(mesh: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -53,6 +53,22 @@ def scalar_tag(name: str) -> str:
     return f"train/{name}"
 
 
+def is_number(value: Any) -> bool:
+    """A scalar worth a plotted point (NaN and inf included: TensorBoard shows them)."""
+    if hasattr(value, "item") and np.ndim(value) == 0:
+        value = value.item()
+    return isinstance(value, (int, float))
+
+
+def tagged_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """{tag: value} of a metrics.jsonl record's plotted scalars: what every dashboard logs."""
+    return {
+        scalar_tag(name): float(value)
+        for name, value in record.items()
+        if name not in NOT_SCALARS and is_number(value)
+    }
+
+
 # ---- Event records ---------------------------------------------------------------------------
 
 
@@ -258,11 +274,7 @@ class Dashboard:
         """Writes the step's logged scalars and, at the image cadence, its crop grids."""
         if not self.enabled:
             return
-        values = [
-            _scalar_value(scalar_tag(name), float(value))
-            for name, value in record.items()
-            if name not in NOT_SCALARS and _is_number(value)
-        ]
+        values = [_scalar_value(tag, value) for tag, value in tagged_scalars(record).items()]
         if self.wants_images(step):
             for key, tag in IMAGE_TAGS.items():
                 crops = np.asarray(host_batch.get(key, ()))
@@ -276,10 +288,3 @@ class Dashboard:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-
-def _is_number(value: Any) -> bool:
-    """A scalar worth a TensorBoard point (NaN and inf included: TensorBoard shows them)."""
-    if hasattr(value, "item") and np.ndim(value) == 0:
-        value = value.item()
-    return isinstance(value, (int, float))

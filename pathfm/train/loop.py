@@ -30,6 +30,7 @@ from pathfm.train.dashboard import Dashboard
 from pathfm.train.metrics_log import MetricsLog, archive_records
 from pathfm.train.preemption import PreemptionWatch, signals_deferred
 from pathfm.train.progress import headline, progress_line
+from pathfm.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
 # What a run writes about itself; a restart from step 0 moves the old ones aside (dated).
@@ -161,6 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     if start == 0 and is_main:  # a restart from scratch: the old records are kept aside
         archive_records(workdir / name for name in RECORDS)
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=is_main)
+    trackers = Trackers.from_config(config, workdir, resume_step=start, enabled=is_main)
     dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -178,6 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     loop_start = first_done = time.perf_counter()  # first_done: when the compiled step returned
     window_start, window_images, input_wait = time.perf_counter(), 0, 0.0
     read_errors_total = read_errors_reported = 0  # unreadable tiles met this run
+    finished = False  # the tracker runs of a loop that raised are marked failed
     try:
         with PreemptionWatch() as preemption:
             for step in range(start, total_steps):
@@ -231,6 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                     )  # fmt: skip
                     log.info(line)
                 dashboard.log(done, record, host_batch)
+                trackers.log(done, record)
                 preempted = preemption.reached(done)
                 if done % config.checkpoint.every_steps == 0 or done == total_steps or preempted:
                     nonfinite.flush()  # "stop" must stop before this step is saved
@@ -245,8 +249,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                     last["preempted"] = 1
                     break
             nonfinite.flush()
+        finished = True
     finally:
         dashboard.close()
+        trackers.close(failed=not finished)
         with signals_deferred():  # a second TERM must not cut the commit short
             checkpointer.close()  # commits saves in flight: the last good one before a stop
     return last
