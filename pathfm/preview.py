@@ -8,7 +8,9 @@ tissue detection, rejections and prepared index, kept in `<out>/slide_index` so 
 with the data settings of `--config` (default: pathfm's base config). Written to `--out`:
 
 - `slides.json`: the slide quality-control records of a run's start-up (`data.slide_qc`): mpp and
-  its source, levels, magnifications served and dropped, tissue fraction, rejection reasons;
+  its source, levels, magnifications served and dropped, tissue fraction, rejection reasons; as
+  the preview opens every slide, the mpp source and level sizes are exact at any number of
+  slides (a run's start-up opens only the first 20);
 - per usable slide, `slides/<n>_<name>/thumbnail.jpg` (the slide with the tissue mask overlaid in
   blue) and `patches_<mpp>.jpg` (a grid of `--patches` patches the sampler draws at each
   magnification the slide serves, `data.patch_size` px as the model's input pipeline reads them);
@@ -98,16 +100,21 @@ def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
 
 def render_slide(
     sampler: PatchSampler, slide: int, folder: Path, n_patches: int, seed: int
-) -> dict[str, str]:
-    """Write a slide's thumbnail (tissue mask overlaid) and its patch grids; return
-    {"thumbnail": file, "<mpp>": file, ...} relative to `folder`'s parent's parent, or
-    {"error": message} when the slide cannot be read."""
+) -> tuple[dict[str, str], dict]:
+    """Write a slide's thumbnail (tissue mask overlaid) and its patch grids. Returns ({"thumbnail":
+    file, "<mpp>": file, ...} relative to `folder`'s parent's parent, or {"error": message} when
+    the slide cannot be read; the QC fields only an open slide gives: {"mpp_source", "sizes"}
+    (level sizes), empty on error)."""
     index = sampler.index
     path, base_mpp = index.path(slide), float(index.mpp[slide])
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     try:
         handle = sampler.handles.get(path)
+        opened = {
+            "mpp_source": slide_qc.mpp_source(handle.properties),
+            "sizes": [list(size) for size in handle.level_dimensions],
+        }
         mpp = thumbnail_mpp(*handle.dimensions, base_mpp)
         thumb, _ = tissue.read_thumbnail(handle, base_mpp, mpp)
         _write_jpeg(folder / "thumbnail.jpg", overlay_mask(thumb, index.mask(slide)))
@@ -118,10 +125,26 @@ def render_slide(
             _write_jpeg(folder / name, patch_grid(sampler, slide, m, n_patches, seed))
             files[f"{m:g}"] = f"slides/{folder.name}/{name}"
     except READ_ERRORS as e:
-        return {"error": f"{type(e).__name__}: {e}"}
+        return {"error": f"{type(e).__name__}: {e}"}, {}
     finally:
         sampler.handles.discard(path)
-    return files
+    return files, opened
+
+
+def complete_records(report: dict, opened: dict[int, dict], overrides: dict[str, float]) -> None:
+    """Fill in the QC fields `slide_qc` leaves out for large sets (it does not reopen the slides)
+    from the slides the preview opened: the mpp source ("manifest" where a manifest overrides the
+    mpp) and the exact level sizes. `opened` maps usable slide i to `render_slide`'s QC fields."""
+    usable = [s for s in report["slides"] if not s["reason"]]
+    for i, fields in opened.items():
+        if not fields:
+            continue
+        record = usable[i]
+        override = overrides.get(os.path.abspath(record["path"]))
+        record["mpp_source"] = "manifest" if override is not None else fields["mpp_source"]
+        if len(fields["sizes"]) == len(record["levels"]):
+            for level, size in zip(record["levels"], fields["sizes"], strict=True):
+                level["size"] = size
 
 
 _SAMPLER: PatchSampler | None = None
@@ -132,41 +155,38 @@ def _init_worker(sampler: PatchSampler) -> None:
     _SAMPLER = sampler
 
 
-def _render_task(task: tuple[int, str, int, int]) -> tuple[int, dict[str, str]]:
+def _render_task(task: tuple[int, str, int, int]) -> tuple[int, tuple[dict[str, str], dict]]:
     slide, folder, n_patches, seed = task
     return slide, render_slide(_SAMPLER, slide, Path(folder), n_patches, seed)
 
 
 def render_all(
     sampler: PatchSampler, out: Path, n_patches: int, seed: int, workers: int
-) -> dict[int, dict[str, str]]:
-    """`render_slide` of every usable slide, in `workers` processes (0 or 1: in this one)."""
+) -> tuple[dict[int, dict[str, str]], dict[int, dict]]:
+    """`render_slide` of every usable slide, in `workers` processes (0 or 1: in this one):
+    ({slide: its files}, {slide: its QC fields})."""
     index = sampler.index
     tasks = [
         (i, str(out / "slides" / slide_folder(i, index.path(i))), n_patches, seed)
         for i in range(len(index))
     ]
-    files: dict[int, dict[str, str]] = {}
     if workers <= 1 or len(tasks) <= 1:
         _init_worker(sampler)
-        results = map(_render_task, tasks)
-        for done, (i, slide_files) in enumerate(results, 1):
-            files[i] = slide_files
-            _progress(done, len(tasks))
-        return files
+        return _collect(map(_render_task, tasks), len(tasks))
     context = multiprocessing.get_context("spawn")  # no forked JAX or OpenSlide state
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(sampler,)
     ) as pool:
-        for done, (i, slide_files) in enumerate(pool.map(_render_task, tasks, chunksize=4), 1):
-            files[i] = slide_files
-            _progress(done, len(tasks))
-    return files
+        return _collect(pool.map(_render_task, tasks, chunksize=4), len(tasks))
 
 
-def _progress(done: int, total: int) -> None:
-    if done == total or done % max(1, total // 20) == 0:
-        log.info("rendered %d/%d slides", done, total)
+def _collect(results, total: int) -> tuple[dict[int, dict[str, str]], dict[int, dict]]:
+    files, opened = {}, {}
+    for done, (i, (slide_files, fields)) in enumerate(results, 1):
+        files[i], opened[i] = slide_files, fields
+        if done == total or done % max(1, total // 20) == 0:
+            log.info("rendered %d/%d slides", done, total)
+    return files, opened
 
 
 # ---- index.html ------------------------------------------------------------------------------
@@ -259,14 +279,19 @@ def preview(
     index: TissueIndex = pipeline.build_slide_index(config, source, out, stop_on_bad=False)
     d = config.data
     report = slide_qc.qc_report(index, d.mpps, source, d.root)
-    (out / "slides.json").write_text(json.dumps(report, indent=2))
     files: dict[int, dict[str, str]] = {}
     if len(index):
         sampler = PatchSampler(
             index, d.patch_size, d.mpps, min_tissue_fraction=d.min_tissue_fraction
         )
         workers = workers or min(os.cpu_count() or 1, 8)
-        files = render_all(sampler, out, n_patches, config.seed, workers)
+        files, opened = render_all(sampler, out, n_patches, config.seed, workers)
+        records = slides_lib.find_slides(source, d.root)
+        overrides = {
+            os.path.abspath(r.path): r.mpp_override for r in records if r.mpp_override is not None
+        }
+        complete_records(report, opened, overrides)
+    (out / "slides.json").write_text(json.dumps(report, indent=2))
     (out / "index.html").write_text(gallery_html(report, files, source))
     return report
 

@@ -12,6 +12,7 @@ import numpy as np
 from testutil import TEST_SLIDES
 
 from pathfm import preview
+from pathfm.data import slide_qc
 from pathfm.data import slides as slides_lib
 from pathfm.data.sampler import PatchSampler
 from pathfm.data.tissue_index import TissueIndex
@@ -36,7 +37,11 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def test_gallery_of_real_odd_and_synthetic_slides(synthetic_slide_dir, tmp_path, capsys):
+def test_gallery_of_real_odd_and_synthetic_slides(
+    synthetic_slide_dir, tmp_path, capsys, monkeypatch
+):
+    # As with more than 20 slides: the run's QC report does not reopen them; the preview does.
+    monkeypatch.setattr(slide_qc, "OPENED", 0)
     slides = tmp_path / "slides"
     slides.mkdir()
     for name in ("CMU-1-Small-Region.svs", "small.svs", "boxes.tiff"):
@@ -55,6 +60,14 @@ def test_gallery_of_real_odd_and_synthetic_slides(synthetic_slide_dir, tmp_path,
         "0.25": "needs upscaling: base 0.499 um/px"
     }
     assert by_name["synthetic.tiff"]["served"] == {"0.25": 0, "0.5": 1, "2": 3}
+    assert by_name["CMU-1-Small-Region.svs"]["mpp_source"] == "openslide.mpp-x"
+    assert by_name["CMU-1-Small-Region.svs"]["levels"][0]["size"] == [2220, 2967]
+    assert [lv["size"] for lv in by_name["synthetic.tiff"]["levels"]] == [
+        [2048, 2048],
+        [1024, 1024],
+        [512, 512],
+        [256, 256],
+    ]
     assert "implausible resolution" in by_name["boxes.tiff"]["reason"]
     assert "no tissue" in by_name["small.svs"]["reason"]
 
