@@ -4,7 +4,17 @@ Each slide is white glass with rectangular tissue regions, one tissue class per 
 at least once, or every class of a chosen subset: `classes=`), rendered in stain space
 (hematoxylin / eosin optical densities, Beer-Lambert) with physically sized structures (microns
 converted with the slide's mpp). A sidecar JSON ``<stem>.json`` next to the TIFF holds the
-:class:`SlideAnnotation` (region boxes and labels).
+:class:`SlideAnnotation` (region boxes and labels) and the slide's style.
+
+The classes differ in morphology only (version 2 of the generator): stroma has wavy aligned
+fibres with long spindle nuclei, tumour large pleomorphic vesicular nuclei with nucleoli,
+lymphocytes small round densely packed nuclei, glands rings of columnar nuclei around lumens,
+necrosis many small karyorrhectic fragments. Every class is then given the same distribution of
+stain concentrations (rank matching to shared quantiles, `_stain`), so colour statistics carry no
+class information. What varies is the slide (`SlideStyle`), as labs and scanners vary it: stain
+vectors and amounts (stain augmentation in optical density space, Tellez et al. 2019), section
+thickness, a scanner colour cast, optical blur and JPEG quality. Version 1 (until pathfm 2026-12)
+gave each class its own colours, so any features, even random ones, separated them.
 """
 
 from __future__ import annotations
@@ -24,9 +34,9 @@ import tifffile
 from pathfm.atomic import atomic_path
 from pathfm.errors import DataError
 
-TISSUE_CLASSES: tuple[str, ...] = ("stroma", "tumor", "lymphocytes", "adipose", "necrosis")
+TISSUE_CLASSES: tuple[str, ...] = ("stroma", "tumor", "lymphocytes", "glands", "necrosis")
 
-_GENERATOR = "pathfm.data.synthetic/1"
+_GENERATOR = "pathfm.data.synthetic/2"  # /2: morphology-only classes, per-slide styles
 _DESCRIPTION = "pathfm synthetic slide"
 _MIN_SIDE = 512
 # Unit optical-density vectors (R, G, B) of the stains; grey models unstained debris / smudge.
@@ -175,103 +185,162 @@ def _lines(shape: tuple[int, int], cells: list[np.ndarray], width: float) -> np.
     return img
 
 
-# ----------------------------------------------------------------------------- tissue textures
-# Each renderer: (rng, h, w, s = px per micron) -> (H, E, grey) stain concentrations (h, w).
+# ----------------------------------------------------------------------------- tissue morphology
+# Each renderer: (rng, h, w, s = px per micron) -> (nuclei, matrix) maps (h, w): where nuclear
+# chromatin is (~0-1) and the texture of the eosinophilic matrix between the nuclei. Classes differ
+# only in the geometry of these maps (nucleus size, shape, density and arrangement; fibre
+# texture); `_stain` then gives every class the same distribution of stain concentrations.
 
 
-def _stroma(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
-    """Pink collagen with wavy fibres and sparse elongated spindle nuclei."""
+def _nuclei(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    s: float,
+    spacing: float,
+    keep: float,
+    radius: tuple[float, float],
+    elongation: tuple[float, float],
+    angle: float | None = None,
+) -> _Ellipses:
+    """Nuclei on a jittered hex grid (spacing um, fraction kept), radius in um, long/short axis
+    ratio, orientation `angle` degrees (+- 10) or random."""
+    pts = _hex_points(rng, h, w, spacing * s, 0.3, keep)
+    n = len(pts)
+    r = rng.uniform(*radius, n) * s
+    axes = np.stack([r, r / rng.uniform(*elongation, n)], 1)
+    angles = rng.uniform(0, 180, n) if angle is None else angle + rng.normal(0, 10, n)
+    return pts, axes, angles, np.ones(n)
+
+
+def _stroma(rng: np.random.Generator, h: int, w: int, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wavy collagen fibres (~7 um period) with long spindle nuclei (8.5 x 1.7 um) along them."""
     theta = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    phase = (xx * math.cos(theta) + yy * math.sin(theta)) * np.float32(2 * math.pi / (9.0 * s))
-    phase += 4.0 * _smooth_noise(rng, h, w, 50 * s) + 1.2 * _smooth_noise(rng, h, w, 12 * s)
-    bundle = np.sin(phase) + 0.45 * _smooth_noise(rng, h, w, 18 * s) + 0.35
-    fibre = np.clip(1.5 * bundle, 0, 1) * (0.85 + 0.15 * np.sin(phase * 3.7))
-    e = 0.32 * (1 + 0.1 * _smooth_noise(rng, h, w, 200 * s)) * (0.5 + 0.7 * fibre)
-    pts = _hex_points(rng, h, w, 32 * s, 0.4, 0.55)
-    axes = np.stack([rng.uniform(5, 8, len(pts)), rng.uniform(1.2, 2.0, len(pts))], 1) * s
-    angles = math.degrees(theta) + 90 + rng.normal(0, 15, len(pts))
-    hem = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.55, 0.8, len(pts))))
-    hem *= _grain(rng, h, w, s, 0.25)
-    return hem + 0.03, e.astype(np.float32), np.zeros((h, w), np.float32)
+    phase = (xx * math.cos(theta) + yy * math.sin(theta)) * np.float32(2 * math.pi / (7.0 * s))
+    phase += 3.0 * _smooth_noise(rng, h, w, 50 * s)
+    fibres = np.sin(phase) + 0.3 * _smooth_noise(rng, h, w, 4 * s)
+    along = math.degrees(theta) + 90
+    nuclei = _ellipses((h, w), _nuclei(rng, h, w, s, 12.0, 0.8, (7.0, 10.0), (4.0, 6.0), along))
+    return nuclei, fibres
 
 
-def _tumor(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
-    """Dense large pleomorphic vesicular nuclei with nucleoli, in nests split by thin septa."""
-    nests = _voronoi(rng, h, w, 220 * s)
-    walls = np.dstack([_lines((h, w), nests, 5 * s), _lines((h, w), nests, 12 * s)])
-    walls = _warp(rng, walls, 12 * s, 80 * s)
-    septa = cv2.GaussianBlur(walls[..., 0], (0, 0), 1.0 * s)
-    pts = _hex_points(rng, h, w, 13 * s, 0.2, 0.92)
-    xi = np.clip(pts[:, 0].astype(int), 0, w - 1)
-    yi = np.clip(pts[:, 1].astype(int), 0, h - 1)
-    pts = pts[walls[yi, xi, 1] < 0.5]  # no nuclei in or right beside a septum
-    n = len(pts)
-    radius = rng.uniform(4.0, 6.5, n) * s
-    axes = np.stack([radius, radius / rng.uniform(1.0, 1.45, n)], 1)
-    angles = rng.uniform(0, 180, n)
-    hem = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.5, 0.75, n)))
-    hem *= _grain(rng, h, w, s, 0.35)
-    rim = _ellipses((h, w), (pts, axes, angles, rng.uniform(0.3, 0.5, n)), max(1, round(0.9 * s)))
-    nucleoli = pts + rng.normal(0, 0.25, (n, 2)) * radius[:, None]
-    dots = (nucleoli, np.full((n, 2), 0.9 * s), np.zeros(n), rng.uniform(0.4, 0.7, n))
-    rim += _ellipses((h, w), dots)
-    cyto = 0.10 + 0.04 * _smooth_noise(rng, h, w, 20 * s)
-    e = 0.22 * (1 + 0.1 * _smooth_noise(rng, h, w, 8 * s)) + 0.15 * septa
-    nuclei = _warp(rng, hem + rim, 0.5 * s, 6 * s)  # irregular, pleomorphic outlines
-    return nuclei + cyto * (1 - septa), e.astype(np.float32), np.zeros((h, w), np.float32)
+def _tumor(rng: np.random.Generator, h: int, w: int, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Large pleomorphic (4.5-7 um) vesicular nuclei: irregular outlines, pale centres, a
+    nucleolus each."""
+    e = _nuclei(rng, h, w, s, 15.0, 0.9, (4.5, 7.0), (1.0, 1.6))
+    nuclei = _warp(rng, _ellipses((h, w), e), 0.8 * s, 5 * s)
+    nuclei -= 0.3 * _ellipses((h, w), (e[0], e[1] * 0.65, e[2], e[3]))
+    n = len(e[0])
+    dots = (e[0] + rng.normal(0, 1.0, (n, 2)) * s, np.full((n, 2), 1.0 * s), np.zeros(n), e[3])
+    return np.maximum(nuclei, _ellipses((h, w), dots)), _smooth_noise(rng, h, w, 6 * s)
 
 
-def _lymphocytes(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
-    """Densely packed small round very dark nuclei with scant cytoplasm."""
-    pts = _hex_points(rng, h, w, 8.5 * s, 0.18, 0.85)
-    n = len(pts)
-    radius = rng.uniform(3.0, 3.5, n) * s
-    axes = np.stack([radius, radius / rng.uniform(1.0, 1.15, n)], 1)
-    hem = _ellipses((h, w), (pts, axes, rng.uniform(0, 180, n), rng.uniform(1.1, 1.4, n)))
-    hem *= _grain(rng, h, w, s, 0.15)
-    e = 0.14 * (1 + 0.15 * _smooth_noise(rng, h, w, 15 * s))
-    return hem + 0.05, e.astype(np.float32), np.zeros((h, w), np.float32)
+def _lymphocytes(rng: np.random.Generator, h: int, w: int, s: float) -> tuple[np.ndarray, ...]:
+    """Densely packed small round nuclei (2.6-3.2 um radius)."""
+    e = _nuclei(rng, h, w, s, 8.5, 0.85, (2.6, 3.2), (1.0, 1.15))
+    return _ellipses((h, w), e), _smooth_noise(rng, h, w, 6 * s)
 
 
-def _adipose(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
-    """Large empty polygonal-round fat cells with thin pink membranes and rare flat nuclei."""
-    facets = _voronoi(rng, h, w, 60 * s)
-    membrane = 0.45 * cv2.GaussianBlur(_lines((h, w), facets, 2.0 * s), (0, 0), 0.3 * s)
-    edges = np.array([(f[0], f[1]) for f in facets if len(f) > 1], np.float32)
-    edges = edges[rng.random(len(edges)) < 0.15]
-    mid = edges.mean(axis=1)
-    angles = np.degrees(np.arctan2(*(edges[:, 1] - edges[:, 0]).T[::-1]))
-    axes = np.tile(np.array([5.0, 1.3]) * s, (len(mid), 1))
-    hem = _ellipses((h, w), (mid, axes, angles, rng.uniform(0.5, 0.8, len(mid))))
-    hem *= _grain(rng, h, w, s, 0.25)
-    warped = _warp(rng, np.dstack([membrane, hem]), 4 * s, 40 * s)  # nuclei stay on membranes
-    return warped[..., 1] + 0.01, warped[..., 0] + 0.065, np.full((h, w), 0.015, np.float32)
+def _glands(rng: np.random.Generator, h: int, w: int, s: float) -> tuple[np.ndarray, ...]:
+    """Glands: rings (11-15 um radius) of columnar nuclei around a lumen, ~38 um apart."""
+    centres = _hex_points(rng, h, w, 38 * s, 0.25, 0.9)
+    parts = []
+    for cx, cy in centres.tolist():
+        radius = rng.uniform(11, 15) * s
+        k = int(2 * math.pi * radius / (4.2 * s))
+        t = np.linspace(0, 2 * math.pi, k, endpoint=False) + rng.uniform(0, 2 * math.pi)
+        ring = np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
+        parts.append((ring, np.tile([3.4 * s, 1.7 * s], (k, 1)), np.degrees(t)))
+    pts, axes, angles = (np.concatenate(x) for x in zip(*parts, strict=True))
+    nuclei = _ellipses((h, w), (pts, axes, angles, np.ones(len(pts))))
+    return _warp(rng, nuclei, 2 * s, 20 * s), _smooth_noise(rng, h, w, 6 * s)
 
 
-def _necrosis(rng: np.random.Generator, h: int, w: int, s: float) -> _Stains:
-    """Pale pink-grey smudge with faint ghost cells and clustered karyorrhectic debris."""
-    smudge = 1 + 0.2 * _smooth_noise(rng, h, w, 30 * s) + 0.15 * _smooth_noise(rng, h, w, 5 * s)
-    pts = _hex_points(rng, h, w, 14 * s, 0.3, 0.5)
-    n = len(pts)
-    axes = rng.uniform(3.5, 5.0, (n, 2)) * s
-    ghosts = _ellipses((h, w), (pts, axes, rng.uniform(0, 180, n), rng.uniform(0.05, 0.12, n)))
-    clusters = _smooth_noise(rng, h, w, 40 * s) > 0.2
-    specks = (_smooth_noise(rng, h, w, 1.2 * s) > 1.7) & clusters
-    debris = cv2.GaussianBlur(specks.astype(np.float32), (0, 0), 0.3 * s) * 0.9
-    hem = 0.025 * smudge + ghosts + debris
-    return hem, (0.08 * smudge).astype(np.float32), (0.11 * smudge).astype(np.float32)
+def _necrosis(rng: np.random.Generator, h: int, w: int, s: float) -> tuple[np.ndarray, ...]:
+    """Karyorrhectic debris: many small irregular fragments (0.8-1.8 um)."""
+    e = _nuclei(rng, h, w, s, 4.2, 0.9, (0.8, 1.8), (1.0, 2.0))
+    return _ellipses((h, w), e), _smooth_noise(rng, h, w, 6 * s)
 
 
-_RENDERERS = {f.__name__[1:]: f for f in (_stroma, _tumor, _lymphocytes, _adipose, _necrosis)}
+_RENDERERS = {f.__name__[1:]: f for f in (_stroma, _tumor, _lymphocytes, _glands, _necrosis)}
+
+# Stain concentrations every class shares (quantile functions on 4096 levels): 30% of the tissue
+# is nuclear (hematoxylin OD 0.55-0.95, eosin halved), the rest matrix (hematoxylin 0.03-0.12);
+# eosin 0.12-0.37 before that rule. So colour statistics carry no class information.
+_LEVELS = (np.arange(4096, dtype=np.float32) + 0.5) / 4096
+_NUCLEAR_FRACTION = 0.30
+_HEM_LEVELS = np.where(
+    _LEVELS > 1 - _NUCLEAR_FRACTION,
+    0.55 + 0.40 * (_LEVELS - (1 - _NUCLEAR_FRACTION)) / _NUCLEAR_FRACTION,
+    0.03 + 0.09 * _LEVELS / (1 - _NUCLEAR_FRACTION),
+).astype(np.float32)
+_EOS_LEVELS = (0.12 + 0.25 * _LEVELS).astype(np.float32)
 
 
-def _stains_to_rgb(stains: _Stains, mask: np.ndarray) -> np.ndarray:
+def _match(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """`values` (h, w) with their ranks kept and their distribution replaced by `levels`'."""
+    flat = values.ravel()
+    out = np.empty_like(flat)
+    out[np.argsort(flat, kind="stable")] = levels[(np.arange(flat.size) * len(levels)) // flat.size]
+    return out.reshape(values.shape)
+
+
+def _stain(rng: np.random.Generator, nuclei: np.ndarray, matrix: np.ndarray, s: float) -> _Stains:
+    """(H, E, grey) concentrations of a region: chromatin grain and matrix noise, then both
+    stains rank-matched to the shared levels (morphology kept, colour statistics equalised)."""
+    h, w = nuclei.shape
+    chromatin = nuclei * _grain(rng, h, w, s, 0.3) + 0.05 * _smooth_noise(rng, h, w, 3 * s)
+    hem = _match(chromatin.astype(np.float32), _HEM_LEVELS)
+    eos = _match((matrix + 0.2 * _smooth_noise(rng, h, w, 2 * s)).astype(np.float32), _EOS_LEVELS)
+    eos = np.where(hem > 0.5, 0.5 * eos, eos)
+    return hem, eos, np.zeros((h, w), np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideStyle:
+    """One slide's nuisances, as lab, stain batch and scanner vary them: stain OD vectors
+    perturbed (unit (R, G, B) each), per-stain concentration factors, section thickness (scales
+    both), a scanner colour cast (OD per channel), optical blur (um) and JPEG quality."""
+
+    hematoxylin: np.ndarray
+    eosin: np.ndarray
+    hem_scale: float
+    eos_scale: float
+    thickness: float
+    cast: np.ndarray
+    blur_um: float
+    quality: int
+
+
+def slide_style(rng: np.random.Generator) -> SlideStyle:
+    """A random `SlideStyle` (stain vectors +- 0.06 per OD component, concentrations x0.7-1.3,
+    thickness x0.8-1.25, cast N(0, 0.02) OD, blur 0.05-0.25 um, JPEG quality 60-95)."""
+
+    def vector(v: np.ndarray) -> np.ndarray:
+        v = np.abs(v + rng.normal(0, 0.06, 3))
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    return SlideStyle(
+        vector(_HEMATOXYLIN),
+        vector(_EOSIN / np.linalg.norm(_EOSIN)),
+        float(rng.uniform(0.7, 1.3)),
+        float(rng.uniform(0.7, 1.3)),
+        float(rng.uniform(0.8, 1.25)),
+        rng.normal(0, 0.02, 3).astype(np.float32),
+        float(rng.uniform(0.05, 0.25)),
+        int(rng.integers(60, 96)),
+    )
+
+
+def _stains_to_rgb(stains: _Stains, mask: np.ndarray, style: SlideStyle) -> np.ndarray:
     """Beer-Lambert: stain concentrations (h, w) x3 times tissue mask -> uint8 RGB (h, w, 3)."""
     hem, eos, grey = stains
+    hem, eos = hem * (style.hem_scale * style.thickness), eos * (style.eos_scale * style.thickness)
     out = np.empty((*hem.shape, 3), np.uint8)
     for c in range(3):
-        od = (hem * _HEMATOXYLIN[c] + eos * _EOSIN[c] + grey * _GREY[c]) * mask + _GLASS_OD
+        tissue = hem * style.hematoxylin[c] + eos * style.eosin[c] + grey * _GREY[c]
+        od = tissue * mask + _GLASS_OD + style.cast[c]
         out[..., c] = np.clip(255.0 * np.exp(np.float32(-math.log(10)) * od), 0, 255)
     return out
 
@@ -332,22 +401,25 @@ def _add_noise(rng: np.random.Generator, img: np.ndarray, amplitude: int = 3) ->
 
 def _render_slide(
     seed: int, width: int, height: int, mpp: float, classes: tuple[str, ...] = TISSUE_CLASSES
-) -> tuple[np.ndarray, tuple[Region, ...]]:
-    """Level-0 RGB (height, width, 3) uint8 and its regions, deterministic for the arguments."""
+) -> tuple[np.ndarray, tuple[Region, ...], SlideStyle]:
+    """Level-0 RGB (height, width, 3) uint8, its regions and its style, deterministic for the
+    arguments."""
     rng = np.random.default_rng(seed)
     regions = _layout(rng, width, height, classes)
+    style = slide_style(rng)
     s = 1.0 / mpp
     img = np.full((height, width, 3), 242, np.uint8)
     for r in regions:
         x0, y0, x1, y1 = r.box
-        stains = _RENDERERS[r.label](rng, y1 - y0, x1 - x0, s)
+        nuclei, matrix = _RENDERERS[r.label](rng, y1 - y0, x1 - x0, s)
+        stains = _stain(rng, nuclei, matrix, s)
         mask = _edge_mask(rng, y1 - y0, x1 - x0, s)
-        img[y0:y1, x0:x1] = _stains_to_rgb(stains, mask)
-    sigma = 0.18 * s  # slight optical blur, ~0.2 um
+        img[y0:y1, x0:x1] = _stains_to_rgb(stains, mask, style)
+    sigma = style.blur_um * s  # optical blur / focus of this slide's scan
     if sigma >= 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
     _add_noise(rng, img)
-    return img, regions
+    return img, regions, style
 
 
 def _level_sizes(width: int, height: int, downsample: int, min_level_size: int) -> list:
@@ -416,21 +488,23 @@ def write_synthetic_slide(
     tile: int = 256,
     downsample: int = 2,
     min_level_size: int = 256,
-    quality: int = 90,
+    quality: int | None = None,
     classes: Sequence[str] = TISSUE_CLASSES,
 ) -> SlideAnnotation:
     """Write one synthetic H&E slide (pyramidal JPEG TIFF) plus sidecar JSON; return its truth.
 
     `classes`: the tissue classes it shows (2-5 distinct names of TISSUE_CLASSES, each at least
-    once), e.g. all but "tumor" for a tumour-free slide of a slide-level task."""
+    once), e.g. all but "tumor" for a tumour-free slide of a slide-level task. `quality`: JPEG
+    quality of the tiles; None draws it with the slide's style (60-95, as scanners differ)."""
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise DataError(f"synthetic slide path must end in .tif or .tiff: {path}")
     if seed < 0:
         raise DataError(f"seed must be >= 0, got {seed}")
-    _check_args(width, height, mpp, tile, downsample, min_level_size, quality)
+    _check_args(width, height, mpp, tile, downsample, min_level_size, quality or 90)
     classes = _check_classes(classes)
-    img, regions = _render_slide(seed, width, height, mpp, classes)
+    img, regions, style = _render_slide(seed, width, height, mpp, classes)
+    quality = style.quality if quality is None else quality
     ann = SlideAnnotation(str(path), width, height, float(mpp), regions)
     extra = {
         "path": path.name,
@@ -438,6 +512,8 @@ def write_synthetic_slide(
         "downsample": downsample,
         "classes": list(classes),
         "generator": _GENERATOR,
+        "style": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(style).items()},
+        "quality": quality,
     }
     sizes = _level_sizes(width, height, downsample, min_level_size)
     _atomic_write(path, lambda p: _write_pyramid(p, img, mpp, sizes, tile, quality))

@@ -127,21 +127,68 @@ def test_label_at_matches_pixels(slides: dict[int, SlideAnnotation]) -> None:
             assert _read(s, cx, cy, 64).mean() < 235, r.label  # tissue, not glass
 
 
-def test_classes_have_he_character(slides: dict[int, SlideAnnotation]) -> None:
-    ann = slides[2]
+def _morphology(rgb: np.ndarray) -> dict[str, float]:
+    """Of the darkest quarter of a patch's pixels (nuclear stain) as connected blobs: their
+    count, median area (px) and median elongation (long / short axis), and the coherence of the
+    patch's structure tensor (0: no preferred orientation, 1: all edges aligned)."""
+    od = -np.log10(np.clip(rgb, 1, 255) / 255).sum(-1)
+    dark = (od > np.percentile(od, 75)).astype(np.uint8)
+    _, labels, cc, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    blobs = np.flatnonzero(cc[1:, cv2.CC_STAT_AREA] >= 6) + 1
+    elongation = []
+    for k in blobs:
+        ys, xs = np.nonzero(labels == k)
+        small, large = np.linalg.eigvalsh(np.cov(np.stack([xs, ys])))
+        elongation.append(np.sqrt(large / max(small, 1e-3)))
+    smooth = cv2.GaussianBlur(od.astype(np.float32), (0, 0), 2)
+    gx, gy = cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
+    jxx, jyy, jxy = (gx * gx).mean(), (gy * gy).mean(), (gx * gy).mean()
+    return {
+        "count": len(blobs),
+        "area": float(np.median(cc[blobs, cv2.CC_STAT_AREA])),
+        "elongation": float(np.median(elongation)),
+        "coherence": float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy)),
+    }
+
+
+@pytest.mark.parametrize("ds", [2, 4])
+def test_classes_share_colour_and_differ_in_morphology(slides, ds: int) -> None:
+    """Within a slide every class has the same colour statistics (so colour cannot tell them
+    apart) and H&E character; they differ in nucleus size, shape, density and arrangement."""
+    ann = slides[ds]
+    size = 384 if ds == 2 else 192  # the same 96 um at 0.25 and 0.5 um/px
     with openslide.OpenSlide(ann.path) as s:
-        st = {c: _stats(_read(s, *_centre(ann, c), 384)) for c in TISSUE_CLASSES}
-    stroma, tumor, lymph, fat, necro = (st[c] for c in TISSUE_CLASSES)
-    assert stroma["r"] > stroma["b"] > stroma["g"] and stroma["r"] - stroma["g"] > 30  # pink
-    assert stroma["gray"] > tumor["gray"] + 20 and stroma["dark"] < 0.1
-    for nuclear in (tumor, lymph):
-        assert nuclear["b"] > nuclear["g"] and nuclear["dark"] > max(0.25, 3 * stroma["dark"])
-    assert lymph["nucleus_area"] < 0.7 * tumor["nucleus_area"]  # small round vs large nuclei
-    # lymphocyte nucleus ~6.5 um: ~26 px wide at 0.25 um/px -> area ~ 530 px
-    assert 250 < lymph["nucleus_area"] < 900
-    assert fat["bright"] > 0.6 and fat["dark"] < 0.02
-    assert necro["sat"] < stroma["sat"] - 8 and necro["dark"] < tumor["dark"] / 3
-    assert necro["gray"] > tumor["gray"] + 30
+        rgbs = {c: _read(s, *_centre(ann, c), size) for c in TISSUE_CLASSES}
+    stats = {c: _stats(rgb) for c, rgb in rgbs.items()}
+    for key, spread in (("r", 8), ("g", 8), ("b", 8), ("sat", 8), ("dark", 0.06)):
+        values = [stats[c][key] for c in TISSUE_CLASSES]
+        assert max(values) - min(values) < spread, (key, values)
+    for c in TISSUE_CLASSES:  # both stains absorb green most: pink-purple, never green or grey
+        assert min(stats[c]["r"], stats[c]["b"]) > stats[c]["g"] + 15, c
+    m = {c: _morphology(rgb) for c, rgb in rgbs.items()}
+    others = [c for c in TISSUE_CLASSES if c != "stroma"]
+    assert m["stroma"]["coherence"] > 0.5 and m["stroma"]["elongation"] > 3  # aligned spindles
+    assert all(m[c]["coherence"] < 0.15 and m[c]["elongation"] < 2.2 for c in others), m
+    assert all(m["necrosis"]["count"] > 2.5 * m[c]["count"] for c in others[:-1]), m  # debris
+    assert m["lymphocytes"]["count"] > 1.4 * m["tumor"]["count"], m  # small, densely packed
+
+
+def test_slides_differ_in_stain_scanner_and_focus(slides) -> None:
+    """Each slide draws its own style (stain vectors and amounts, thickness, colour cast, blur,
+    JPEG quality), recorded in the sidecar; the same class looks different across slides."""
+    styles = [
+        json.loads(Path(a.path).with_suffix(".json").read_text())["style"] for a in slides.values()
+    ]
+    assert styles[0] != styles[1]
+    for style in styles:
+        assert 0.7 <= style["hem_scale"] <= 1.3 and 60 <= style["quality"] <= 95
+        assert np.linalg.norm(style["hematoxylin"]) == pytest.approx(1, abs=1e-6)
+    means = []
+    for ann in slides.values():
+        with openslide.OpenSlide(ann.path) as s:
+            level = s.get_best_level_for_downsample(0.5 / ann.mpp)  # 0.5 um/px on both
+            means.append(_read(s, *_centre(ann, "stroma"), 128, level).mean((0, 1)))
+    assert np.abs(means[0] - means[1]).max() > 5, means
 
 
 def test_nucleus_size_is_physical(slides: dict[int, SlideAnnotation]) -> None:
@@ -152,15 +199,6 @@ def test_nucleus_size_is_physical(slides: dict[int, SlideAnnotation]) -> None:
             rgb = _read(s, *_centre(ann, "lymphocytes"), 384)
             areas[ds] = _nucleus_area(rgb, percentile=30)  # robust to touching nuclei
     assert 2.5 < areas[2] / areas[4] < 6
-
-
-def test_classes_distinct_at_lower_resolution(slides: dict[int, SlideAnnotation]) -> None:
-    ann = slides[2]
-    with openslide.OpenSlide(ann.path) as s:  # level 2 = 1 um/px
-        st = {c: _stats(_read(s, *_centre(ann, c), 96, level=2)) for c in TISSUE_CLASSES}
-    assert st["stroma"]["gray"] > st["tumor"]["gray"] + 20
-    assert st["adipose"]["gray"] > max(st[c]["gray"] for c in ("stroma", "necrosis", "tumor"))
-    assert st["lymphocytes"]["dark"] > 3 * st["stroma"]["dark"]
 
 
 def test_deterministic_per_seed_and_different_between_seeds(tmp_path: Path) -> None:
@@ -184,8 +222,8 @@ def test_class_subset_shows_exactly_those_classes(tmp_path: Path) -> None:
     for seed in range(4):
         ann = write_synthetic_slide(tmp_path / f"n{seed}.tiff", seed=seed, classes=no_tumor, **kw)
         assert {r.label for r in ann.regions} == set(no_tumor)
-    two = write_synthetic_slide(tmp_path / "two.tiff", seed=0, classes=("adipose", "tumor"), **kw)
-    assert {r.label for r in two.regions} == {"adipose", "tumor"} and len(two.regions) >= 4
+    two = write_synthetic_slide(tmp_path / "two.tiff", seed=0, classes=("glands", "tumor"), **kw)
+    assert {r.label for r in two.regions} == {"glands", "tumor"} and len(two.regions) >= 4
     for bad in (("tumor",), ("tumor", "tumor"), ("tumor", "bone")):
         with pytest.raises(DataError, match="classes"):
             write_synthetic_slide(tmp_path / "bad.tiff", seed=0, classes=bad, **kw)

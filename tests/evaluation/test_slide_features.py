@@ -99,7 +99,7 @@ def test_synthetic_grid_is_the_masks_tissue_tiles_on_the_lattice(synthetic_slide
         expected, _, stride = _expected_grid(path, MPP, TILE, MIN_TISSUE)
         assert stride == 256 and grid.dtype == np.int64
         assert {tuple(map(int, xy)) for xy in grid} == expected and len(grid) == len(expected)
-        assert 0 < len(grid) < 64  # some glass excluded
+        assert 0 < len(grid) <= 64  # the regions fill the slide: glass only in thin margins
         assert np.all(grid % 256 == 0) and np.all(grid + 256 <= 2048)
         np.testing.assert_array_equal(tissue_grid(path, MPP, TILE, MIN_TISSUE), grid)  # no cache
     assert len(list(tmp_path.glob("*.npz"))) == 4  # the training mask cache was used
