@@ -54,7 +54,8 @@ def eval_config() -> ml_collections.ConfigDict:
         dict(dataclasses.asdict(LinearProbeConfig()), seeds=(0, 1, 2, 3, 4))
     )
     c.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
-    c.synthetic = ml_collections.ConfigDict({"mpp": 0.5, "per_class": 32, "seed": 0})
+    # synthetic.mpp 0: the resolution of the run's own online kNN (monitor.online_mpp)
+    c.synthetic = ml_collections.ConfigDict({"mpp": 0.0, "per_class": 32, "seed": 0})
     return c
 
 
@@ -66,6 +67,11 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     check_protocols(config.protocols, "protocols", known=EVAL_PROTOCOLS)
     if config.task != "synthetic" and not config.data_root:
         raise ConfigError(f"config.data_root: the folder of the {config.task} data set")
+    if config.synthetic.mpp < 0:
+        raise ConfigError(
+            f"config.synthetic.mpp: {config.synthetic.mpp} um/px; use a positive resolution or "
+            "0 for the run's monitor.online_mpp"
+        )
     try:
         LinearProbeConfig(**config.linear_probe.to_dict())
     except (TypeError, ValueError) as e:
@@ -95,11 +101,12 @@ def _task(config, run_config, image_size: int) -> PatchDataset:
     root = config.data_root or run_config.data.synthetic_dir
     root = root or str(Path(config.checkpoint) / "synthetic_slides")
     s = config.synthetic
+    mpp = s.mpp or run_config.monitor.online_mpp
     task = synthetic_patch_task(
-        root, patch_size=image_size, mpp=s.mpp, per_class=s.per_class, seed=s.seed
+        root, patch_size=image_size, mpp=mpp, per_class=s.per_class, seed=s.seed
     )
     splits = {name: ArraySplit(*task.split(name)) for name in task.splits()}
-    return PatchDataset("synthetic", tuple(task.classes), s.mpp, splits)
+    return PatchDataset("synthetic", tuple(task.classes), mpp, splits)
 
 
 def make_extractor(config, run_config) -> FeatureExtractor:
@@ -168,6 +175,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     n_classes = len(dataset.classes)
     results = {
         "task": dataset.name,
+        "mpp": dataset.mpp,  # um/px of the patches (None: the data set does not say)
         "checkpoint": str(config.checkpoint),
         "step": extractor.step,
         "backbone": extractor.which,

@@ -48,7 +48,9 @@ def mil_config() -> ml_collections.ConfigDict:
     c.features = "cls"  # per tile: cls, mean_patch or cls+mean_patch (concatenated)
     c.features_dir = ""  # "" = <workdir>/slide_features; reused by later runs (resumable)
     c.tile_size = 0  # px per tile fed to the backbone; 0 = the run's crops.global_size
-    c.tile_mpp = 0.5  # um/px of the tiles (Campanella et al.: 224 px at 0.5)
+    # um/px of the tiles; 0 = the run's monitor.online_mpp (0.5 by default, Campanella et al.'s
+    # 224 px at 0.5; the quick start's 1.0, where it trained)
+    c.tile_mpp = 0.0
     c.min_tissue_fraction = 0.35  # of a tile's footprint in the thumbnail mask (eva)
     c.batch_size = 256
     gma = dataclasses.asdict(GMAConfig())
@@ -68,8 +70,11 @@ def validate_mil(config: ml_collections.ConfigDict) -> None:
         )
     if config.features not in FEATURES:
         raise ConfigError(f"config.features: {config.features!r} is not one of {FEATURES}")
-    if config.tile_size < 0 or not config.tile_mpp > 0 or config.batch_size < 1:
-        raise ConfigError("config.tile_size must be >= 0, tile_mpp > 0 and batch_size >= 1")
+    if config.tile_size < 0 or config.tile_mpp < 0 or config.batch_size < 1:
+        raise ConfigError(
+            "config.tile_size must be >= 0, tile_mpp >= 0 (0: the run's monitor.online_mpp) "
+            "and batch_size >= 1"
+        )
     if not 0 <= config.min_tissue_fraction <= 1:
         raise ConfigError("config.min_tissue_fraction must be in [0, 1]")
     try:
@@ -121,12 +126,13 @@ def evaluate_mil(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
     labels_by_path, classes = _labels(config, manifest)
     extractor = patch_run.make_extractor(config, run_config)
     features_dir = Path(config.features_dir or workdir / "slide_features")
+    tile_mpp = config.tile_mpp or run_config.monitor.online_mpp
     log.info("slide features: %d slides into %s", len(labels_by_path), features_dir)
     summary = extract_slide_features(
         extractor,
         str(manifest),
         features_dir,
-        mpp=config.tile_mpp,
+        mpp=tile_mpp,
         tile_size=config.tile_size or run_config.crops.global_size,
         batch_size=config.batch_size,
         min_tissue_fraction=config.min_tissue_fraction,
@@ -144,6 +150,7 @@ def evaluate_mil(config: ml_collections.ConfigDict, workdir: str | Path) -> dict
         raise DataError(f"{len(paths)} slides with features: {e}") from None
     results = {
         "task": "synthetic_slides" if not config.manifest else str(manifest),
+        "mpp": tile_mpp,  # um/px of the tiles
         "checkpoint": str(config.checkpoint),
         "step": extractor.step,
         "backbone": extractor.which,

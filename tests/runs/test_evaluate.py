@@ -28,9 +28,9 @@ def run(tmp_path_factory, synthetic_slide_dir):
 def test_online_knn_and_probe_are_logged_during_pretraining(run):
     records = [r for r in read_metrics(run / "metrics.jsonl") if "rankme" in r]
     assert [r["step"] for r in records] == [2, 4]
-    for r in records:  # 5 tissue classes: chance is 0.2
-        assert 0.3 < r["online_knn_balanced_accuracy"] <= 1.0
-        assert 0.3 < r["online_probe_balanced_accuracy"] <= 1.0
+    for r in records:  # a 4-step model is near chance (0.2): test_pretraining_helps.py learns
+        for key in ("online_knn_balanced_accuracy", "online_probe_balanced_accuracy"):
+            assert 0.0 <= r[key] <= 1.0 and abs(r[key] * 40 - round(r[key] * 40)) < 1e-4  # 40 tests
 
 
 def _config(run, slides, **overrides):
@@ -50,8 +50,12 @@ def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(
     assert results["splits"] == {"train": "train", "val": "val", "test": "test"}
     probe = results["protocols"]["linear_probe"]
     knn = results["protocols"]["knn"]["mean"]["balanced_accuracy"]
-    assert 0.4 < probe["mean"]["balanced_accuracy"] <= 1.0  # 5 classes: chance is 0.2
-    assert probe["std"]["balanced_accuracy"] >= 0.0 and 0.4 < knn <= 1.0
+    assert 0.0 <= probe["mean"]["balanced_accuracy"] <= 1.0
+    assert probe["std"]["balanced_accuracy"] >= 0.0
+    # The same task (per_class 8 at the run's online_mpp, seed 0) and the same step-4 teacher as
+    # the run's online kNN: the same score.
+    online = read_metrics(run / "metrics.jsonl")[-1]["online_knn_balanced_accuracy"]
+    assert knn == pytest.approx(online, abs=1e-6)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["protocols"]["knn"]["mean"]["balanced_accuracy"] == knn
     table = (tmp_path / "results.md").read_text()
@@ -59,14 +63,14 @@ def test_probe_and_knn_of_a_checkpoint_write_json_and_markdown(
     assert table in capsys.readouterr().out  # printed when done
 
 
-def test_colour_baseline_solves_the_embedded_synthetic_task(run, synthetic_slide_dir, tmp_path):
-    """The embedded synthetic classes differ in colour (pathfm/evaluation/synthetic_task.py):
-    a probe on colour histograms alone scores far above chance (0.2), so on this task a high
-    score says little about a representation."""
+def test_colour_alone_cannot_solve_the_embedded_synthetic_task(run, synthetic_slide_dir, tmp_path):
+    """The embedded synthetic classes share their colour statistics and differ in morphology
+    (pathfm/data/synthetic.py): a probe on colour histograms alone stays near chance (0.2)."""
     config = _config(run, synthetic_slide_dir, protocols=("colour_baseline",))
     results = evaluate(config, tmp_path)
     colour = results["protocols"]["colour_baseline"]["mean"]["balanced_accuracy"]
-    assert 0.7 < colour <= 1.0
+    assert 0.0 <= colour <= 0.45
+    assert results["mpp"] == 0.5  # synthetic.mpp 0: the run's monitor.online_mpp
     assert "| colour_baseline | balanced_accuracy |" in (tmp_path / "results.md").read_text()
 
 

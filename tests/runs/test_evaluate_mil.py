@@ -80,7 +80,7 @@ def test_bad_mil_configs_are_named(tmp_path):
         ({"checkpoint": ""}, "config.checkpoint"),
         ({"manifest": str(tmp_path / "missing.csv")}, "config.manifest"),
         ({"features": "pooled"}, "config.features"),
-        ({"tile_mpp": 0.0}, "tile_mpp"),
+        ({"tile_mpp": -1.0}, "tile_mpp"),
         ({"min_tissue_fraction": 2.0}, "min_tissue_fraction"),
     ):
         config = mil_config()
