@@ -17,7 +17,8 @@ from testutil import REPO
 from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
 
-TINY = [
+TINY = [  # DINO (the quick start runs DINOv2): resume does not depend on the method
+    "--config.method=dino",
     "--config.epochs=3",
     "--config.steps_per_epoch=4",
     "--config.batch_size=8",

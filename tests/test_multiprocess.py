@@ -19,7 +19,8 @@ from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
 
 STEPS = 16
-ARGS = [
+ARGS = [  # DINO (the quick start runs DINOv2): the fastest step to compile
+    "--config.method=dino",
     "--config.epochs=2",
     f"--config.steps_per_epoch={STEPS // 2}",
     "--config.batch_size=8",
