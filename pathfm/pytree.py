@@ -1,7 +1,9 @@
 """Names of pytree leaves: one spelling of a key path for partition rules, optimiser masks and
-messages."""
+messages; dotted keys of nested config dicts."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 def path_string(path: tuple, sep: str = "/") -> str:
@@ -16,3 +18,14 @@ def path_string(path: tuple, sep: str = "/") -> str:
         else:
             parts.append(str(key))
     return sep.join(parts)
+
+
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim.lr': value} of a nested dict (a config's JSON): the leaves under dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 
 from pathfm.errors import ConfigError
+from pathfm.pytree import dotted
 from pathfm.train.checkpoint import complete_steps
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,9 @@ def is_frozen(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN)
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
     """{'a.b': value} of a nested dict, lists as tuples (JSON holds tuples as lists)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _as_tuple(value)
-    return flat
+    return {key: _as_tuple(value) for key, value in dotted(values).items()}
 
 
 def _as_tuple(value: Any) -> Any:

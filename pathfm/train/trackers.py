@@ -21,6 +21,7 @@ import ml_collections
 
 from pathfm.atomic import write_atomic
 from pathfm.errors import ConfigError
+from pathfm.pytree import dotted
 from pathfm.train.dashboard import tagged_scalars
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,6 @@ class WandbTracker:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a.b': value} of a nested dict."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 class MlflowTracker:
     """An MLflow run: the config as params (and `config.json`), the scalars as metrics."""
 
@@ -142,7 +132,7 @@ class MlflowTracker:
         # Params cannot change once logged: a resumed run adds new keys, config.json is replaced.
         params = [
             Param(key, str(value)[:MAX_PARAM_VAL_LENGTH])
-            for key, value in _flat(config).items()
+            for key, value in dotted(config).items()
             if key not in logged
         ]
         for start in range(0, len(params), MLFLOW_BATCH):
