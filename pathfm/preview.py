@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import html
-import importlib.util
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ import cv2
 import ml_collections
 import numpy as np
 
+from pathfm import main as main_lib
 from pathfm.config import base_config
 from pathfm.data import pipeline, slide_qc, tissue
 from pathfm.data import slides as slides_lib
@@ -57,17 +57,10 @@ _STREAM = 0x9E7E  # salts the preview's patch draws apart from the training samp
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file `path.py[:arg]`, as `--config` of pathfm.main reads it."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
+    """The config `--config=path.py[:arg]` gives pathfm.main (the same loader and messages)."""
+    if not Path(spec.partition(":")[0]).is_file():
         raise ConfigError(f"--config={spec}: no such config file; e.g. configs/quickstart.py")
-    module_spec = importlib.util.spec_from_file_location("pathfm_preview_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    try:
-        return module.get_config(arg or None)
-    except ValueError as e:
-        raise ConfigError(f"--config={spec}: {e}") from e
+    return main_lib.load_config(spec)
 
 
 def slide_folder(i: int, path: str) -> str:
