@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import openslide
 
-from pathfm.data.tiff_reader import TiffJpegSlide, TileCache
+from pathfm.data.tiff_reader import DECODE_SCALES, TiffJpegSlide, TileCache
 from pathfm.errors import DataError
 
 SLIDE_EXTENSIONS = (
@@ -243,6 +243,21 @@ def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(rgb, (width, height), interpolation=interp)
 
 
+def decode_scale(read: int, size: int) -> int:
+    """The JPEG DCT scale 1/s (s in 1, 2, 4, 8) to decode a `read` px window at before its area
+    downscale to `size` px: the largest s that decodes it straight to the output size (read/s
+    rounds to size: pyramids and targets a power of two apart), else the largest that leaves a
+    downscale of >= 4x, else 1.
+
+    Decoding at 1/s is close to an area downscale by s (0.1-0.2 grey levels of mean difference on
+    H&E), but a second, fractional area step after it blurs unlike a single one: 1.3-2.1 grey
+    levels after a 2-2.5x step, up to 6 after 98 -> 96 px, 0.65 after 4.5x (docs/data.md)."""
+    for s in reversed(DECODE_SCALES[1:]):
+        if round(read / s) == size:
+            return s
+    return max(s for s in DECODE_SCALES if read >= 4 * s * size or s == 1)
+
+
 def patch_window(
     level_mpps: Sequence[float],
     center_xy: tuple[float, float],
@@ -250,12 +265,20 @@ def patch_window(
     target_mpp: float,
     tolerance: float = LEVEL_TOLERANCE,
 ) -> tuple[int, int, int, int]:
-    """(level, x0, y0, read): read a read x read px square at `level` from level-0 (x0, y0)."""
+    """(level, x0, y0, read): read a read x read px square at `level` from level-0 (x0, y0).
+
+    Where the window can be decoded at a JPEG scale 1/s > 1 (`decode_scale`), `read` is a
+    multiple of s and (x0, y0) a whole decoded pixel (a multiple of s level px): the window moves
+    by less than half a decoded pixel (< half an output pixel), so that every reader covers the
+    same microns whether it decodes at 1/s or at full size."""
     level = choose_level(level_mpps, target_mpp, tolerance)
     read = max(1, round(size * target_mpp / level_mpps[level]))
+    scale = decode_scale(read, size)
+    read = scale * size if round(read / scale) == size else scale * (read // scale)
+    step0 = scale * level_mpps[level] / level_mpps[0]  # level-0 px per decoded pixel
     extent0 = read * level_mpps[level] / level_mpps[0]  # level-0 px covered by the read
-    x0 = math.floor(center_xy[0] - extent0 / 2 + 0.5)
-    y0 = math.floor(center_xy[1] - extent0 / 2 + 0.5)
+    x0 = round(math.floor((center_xy[0] - extent0 / 2) / step0 + 0.5) * step0)
+    y0 = round(math.floor((center_xy[1] - extent0 / 2) / step0 + 0.5) * step0)
     return level, x0, y0, read
 
 
@@ -267,10 +290,18 @@ def read_patch(
     base_mpp: float,
     tolerance: float = LEVEL_TOLERANCE,
 ) -> np.ndarray:
-    """uint8 [size, size, 3]: size*target_mpp microns centred at a level-0 point, white outside."""
+    """uint8 [size, size, 3]: size*target_mpp microns centred at a level-0 point, white outside.
+
+    A `TiffJpegSlide` decodes a window of >= 2x the output size at 1/2, 1/4 or 1/8
+    (`decode_scale`) before the area downscale; other slides read it whole."""
     mpps = level_mpps(slide, base_mpp)
     level, x0, y0, read = patch_window(mpps, center_xy, size, target_mpp, tolerance)
-    return resize(read_rgb(slide, (x0, y0), level, (read, read)), size, size)
+    scale = decode_scale(read, size)
+    if scale > 1 and isinstance(slide, TiffJpegSlide):
+        region = slide.read_rgb((x0, y0), level, (read // scale, read // scale), scale=scale)
+    else:
+        region = read_rgb(slide, (x0, y0), level, (read, read))
+    return resize(region, size, size)
 
 
 class SlideHandles:

@@ -1,8 +1,11 @@
 """Fast region reads from JPEG-tiled TIFF slides (generic tiled TIFF, Aperio SVS) without cairo.
 
 OpenSlide's ``read_region`` composites every tile with cairo/pixman; this reader ``os.pread``s only
-the JPEG tiles a region needs, decodes them with libjpeg-turbo (``imagecodecs.jpeg8_decode``,
-JPEGTables honoured) and pastes them into a white canvas. It follows OpenSlide 4's conventions:
+the JPEG tiles a region needs, decodes them with libjpeg-turbo (simplejpeg, JPEGTables spliced
+in) and pastes them into a white canvas. A coarser read decodes the tiles at 1/2, 1/4 or 1/8 of
+their size in the DCT domain (``read_rgb(..., scale=s)``): libjpeg-turbo then skips most of the
+inverse DCT and the chroma upsampling, and the caller's area resize has 1/s^2 of the pixels left.
+It follows OpenSlide 4's conventions:
 JPEG colour space from the TIFF photometric tag (YCbCr is converted, RGB is not: Aperio's
 RGB-in-JPEG quirk), edge tiles cropped to the image, missing (zero-length) tiles and everything
 outside the level white, a negative level-0 origin skips ``int(-x / downsample)`` output pixels,
@@ -13,7 +16,7 @@ pixel-identical wherever the level origin is an integer (level 0 always; CMU-1-S
 small.svs, synthetic YCbCr generic TIFFs). At fractional level origins OpenSlide resamples with
 cairo's GOOD filter; our rounded bilinear differs from it by a mean of 0.1-0.35 grey levels per
 region of >= 30x30 px (max 2). Unlike OpenSlide, damaged entropy-coded data inside an otherwise
-well-formed tile decodes to garbage instead of failing (imagecodecs ignores libjpeg warnings);
+well-formed tile decodes to garbage instead of failing (libjpeg warnings are not errors here);
 missing end-of-image markers, bad headers, wrong frame sizes and short reads do raise.
 """
 
@@ -28,14 +31,17 @@ import weakref
 from collections.abc import Mapping
 
 import cv2
-import imagecodecs
 import numpy as np
 import openslide
+import simplejpeg
 import tifffile
 
 VENDORS = ("aperio", "generic-tiff")  # OpenSlide drivers whose levels are plain tiled TIFF pages
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 _JPEG, _RGB, _YCBCR = 7, 2, 6
+DECODE_SCALES = (1, 2, 4, 8)  # libjpeg-turbo's DCT-domain scales 1/s for 8x8 blocks
+# APP14 "Adobe" marker with transform 0: tells libjpeg the three components are RGB, not YCbCr.
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 _local = threading.local()
 
 
@@ -116,6 +122,32 @@ def _tile_buffer(height: int, width: int) -> np.ndarray:
     if buf is None:
         buf = buffers[(height, width)] = np.empty((height, width, 3), np.uint8)
     return buf
+
+
+def jpeg_stream(data: bytes, tables: bytes | None, colorspace: str) -> bytes:
+    """A self-contained JPEG of one TIFF tile: the level's JPEGTables (SOI ... EOI) spliced in
+    after the tile's SOI and, for RGB photometric, an Adobe APP14 marker with transform 0 (a JFIF
+    APP0 would override it and is dropped), so that libjpeg leaves the components as they are:
+    OpenSlide sets ``jpeg_color_space = JCS_RGB`` for Aperio's RGB-in-JPEG tiles likewise."""
+    body = data[2:]
+    head = b"\xff\xd8"
+    if colorspace == "RGB":
+        if body[:2] == b"\xff\xe0":  # JFIF APP0: drop the segment (2 + its length)
+            body = body[2 + int.from_bytes(body[2:4], "big") :]
+        head += _ADOBE_RGB
+    if tables:
+        head += tables[2:-2]
+    return head + body
+
+
+def decode_tile(stream: bytes, tile_w: int, tile_h: int, scale: int = 1, out=None) -> np.ndarray:
+    """uint8 [tile_h / scale, tile_w / scale, 3] RGB of a `jpeg_stream`, decoded by libjpeg-turbo
+    at 1/`scale` in the DCT domain (scale in DECODE_SCALES; tile sides are multiples of 16).
+    `out`: a buffer of that shape to decode into. ValueError on a stream libjpeg cannot read."""
+    w, h = tile_w // scale, tile_h // scale
+    return simplejpeg.decode_jpeg(
+        stream, "RGB", min_width=w, min_height=h, buffer=out, strict=False
+    )
 
 
 class TileCache:
@@ -221,11 +253,12 @@ class TiffJpegSlide:
         """Keep decoded tiles in `cache` (shared LRU) from now on; None disables caching."""
         self._cache = cache
 
-    def _tile(self, level: int, col: int, row: int) -> np.ndarray | None:
-        """Decoded tile (maybe a per-thread buffer: use before the next call), None if no data."""
+    def _tile(self, level: int, col: int, row: int, scale: int = 1) -> np.ndarray | None:
+        """Tile decoded at 1/scale (maybe a per-thread buffer: use before the next call), None if
+        it has no data."""
         lv = self._levels[level]
         index = row * lv.across + col
-        key = (self.path, level, index)
+        key = (self.path, level, index, scale)
         cache = self._cache
         if cache is not None and (tile := cache.get(key)) is not None:
             return tile
@@ -237,14 +270,14 @@ class TiffJpegSlide:
             raise OSError(f"{self.path}: tile {index} truncated ({len(data)} of {count} bytes)")
         if data.rfind(b"\xff\xd9", max(0, count - 64)) < 0:  # libjpeg would warn, OpenSlide fail
             raise ValueError(f"{self.path}: JPEG tile {index} has no end-of-image marker")
-        buf = None if cache is not None else _tile_buffer(lv.tile_h, lv.tile_w)
+        shape = (lv.tile_h // scale, lv.tile_w // scale, 3)
+        buf = None if cache is not None else _tile_buffer(*shape[:2])
         try:
-            tile = imagecodecs.jpeg8_decode(
-                data, tables=lv.tables, colorspace=lv.colorspace, outcolorspace="RGB", out=buf
-            )
-        except Exception as e:  # imagecodecs.Jpeg8Error, or a frame of the wrong size
+            stream = jpeg_stream(data, lv.tables, lv.colorspace)
+            tile = decode_tile(stream, lv.tile_w, lv.tile_h, scale, out=buf)
+        except Exception as e:  # simplejpeg's ValueError, or a frame larger than the buffer
             raise ValueError(f"{self.path}: cannot decode JPEG tile {index}: {e}") from e
-        if tile.shape != (lv.tile_h, lv.tile_w, 3):
+        if tile.shape != shape:
             raise ValueError(f"{self.path}: JPEG tile {index} decodes to shape {tile.shape}")
         if cache is not None:
             cache.put(key, tile)
@@ -261,41 +294,60 @@ class TiffJpegSlide:
         cols = range(x_lo // lv.tile_w, (x_hi - 1) // lv.tile_w + 1)
         return [r * lv.across + c for r in rows for c in cols]
 
-    def raw_tile(self, level: int, index: int) -> tuple[bytes, bytes | None, str]:
-        """(JPEG bytes, JPEGTables, colourspace) of one tile, undecoded (for decode benchmarks)."""
+    def tile_size(self, level: int) -> tuple[int, int]:
+        """(width, height) of the level's tiles."""
+        lv = self._levels[level]
+        return lv.tile_w, lv.tile_h
+
+    def tile_stream(self, level: int, index: int) -> bytes:
+        """One tile as a self-contained JPEG (`jpeg_stream`), undecoded (for decode benchmarks)."""
         lv = self._levels[level]
         data = os.pread(self._fd, int(lv.counts[index]), int(lv.offsets[index]))
-        return data, lv.tables, lv.colorspace
+        return jpeg_stream(data, lv.tables, lv.colorspace)
 
-    def _window(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """uint8 [h, w, 3] of level pixels [x, x+w) x [y, y+h), white outside the image."""
+    def _window(self, level: int, x: int, y: int, w: int, h: int, scale: int = 1) -> np.ndarray:
+        """uint8 [h, w, 3] of pixels [x, x+w) x [y, y+h) of the level decoded at 1/scale, white
+        outside the image."""
         lv = self._levels[level]
+        tw, th = lv.tile_w // scale, lv.tile_h // scale
         out = np.full((h, w, 3), 255, np.uint8)
-        x_lo, x_hi = max(x, 0), min(x + w, lv.width)
-        y_lo, y_hi = max(y, 0), min(y + h, lv.height)
+        x_lo, x_hi = max(x, 0), min(x + w, -(-lv.width // scale))
+        y_lo, y_hi = max(y, 0), min(y + h, -(-lv.height // scale))
         if x_lo >= x_hi or y_lo >= y_hi:
             return out
-        for row in range(y_lo // lv.tile_h, (y_hi - 1) // lv.tile_h + 1):
-            ty = row * lv.tile_h
-            a, b = max(y_lo, ty), min(y_hi, ty + lv.tile_h)
-            for col in range(x_lo // lv.tile_w, (x_hi - 1) // lv.tile_w + 1):
-                tile = self._tile(level, col, row)
+        for row in range(y_lo // th, (y_hi - 1) // th + 1):
+            ty = row * th
+            a, b = max(y_lo, ty), min(y_hi, ty + th)
+            for col in range(x_lo // tw, (x_hi - 1) // tw + 1):
+                tile = self._tile(level, col, row, scale)
                 if tile is not None:
-                    tx = col * lv.tile_w
-                    c, d = max(x_lo, tx), min(x_hi, tx + lv.tile_w)
+                    tx = col * tw
+                    c, d = max(x_lo, tx), min(x_hi, tx + tw)
                     out[a - y : b - y, c - x : d - x] = tile[a - ty : b - ty, c - tx : d - tx]
         return out
 
-    def read_rgb(self, xy: tuple[int, int], level: int, wh: tuple[int, int]) -> np.ndarray:
-        """uint8 [h, w, 3] at `level`, top-left `xy` in level-0 px, white outside the slide."""
+    def read_rgb(
+        self, xy: tuple[int, int], level: int, wh: tuple[int, int], scale: int = 1
+    ) -> np.ndarray:
+        """uint8 [h, w, 3] at `level`, top-left `xy` in level-0 px, white outside the slide.
+
+        With `scale` s in (2, 4, 8) the level is decoded at 1/s in the DCT domain and (w, h) count
+        pixels of that scaled level; the origin is rounded to the nearest scaled pixel (callers
+        such as `pathfm.data.slides.patch_window` align it to whole ones)."""
         w, h = int(wh[0]), int(wh[1])
         if w < 0 or h < 0:
             raise ValueError(f"negative region size {w}x{h}")
         if not 0 <= level < self.level_count:
             raise ValueError(f"{self.path}: level {level} not in [0, {self.level_count})")
+        if scale not in DECODE_SCALES:
+            raise ValueError(f"decode scale {scale} not in {DECODE_SCALES}")
         if w == 0 or h == 0:
             return np.full((h, w, 3), 255, np.uint8)
         ds = self.level_downsamples[level]
+        if scale > 1:
+            step = ds * scale  # level-0 px per decoded pixel
+            sx, sy = round(int(xy[0]) / step), round(int(xy[1]) / step)
+            return self._window(level, sx, sy, w, h, scale)
         ox, lx, wx = _axis(int(xy[0]), ds)
         oy, ly, wy = _axis(int(xy[1]), ds)
         if ox == 0 and oy == 0:

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from pathfm.data import slides
+from pathfm.data.tiff_reader import TiffJpegSlide
 from pathfm.errors import DataError
 
 SLIDES = pathlib.Path("/work/shared/test-slides")
@@ -227,14 +228,20 @@ def test_level_mpps(pyramid):
 # --- read_patch --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reader", ["openslide", "tiff"])
 @pytest.mark.parametrize("mpp", [0.25, 0.5, 1.0, 2.0])
 @pytest.mark.parametrize("center", [(512.0, 384.0), (517.3, 391.8)])
-def test_read_patch_matches_area_downscaled_level0(pyramid, pattern, mpp, center):
+def test_read_patch_matches_area_downscaled_level0(
+    pyramid, pyramid_path, pattern, mpp, center, reader
+):
     size = 64
-    patch = slides.read_patch(pyramid, center, size, mpp, base_mpp=0.25)
+    slide = pyramid if reader == "openslide" else TiffJpegSlide.open(pyramid_path)
+    patch = slides.read_patch(slide, center, size, mpp, base_mpp=0.25)
     assert patch.shape == (size, size, 3) and patch.dtype == np.uint8
-    extent = round(size * mpp / 0.25)
-    x0, y0 = (int(np.floor(c - extent / 2 + 0.5)) for c in center)
+    mpps = slides.level_mpps(pyramid, 0.25)
+    level, x0, y0, read = slides.patch_window(mpps, center, size, mpp)
+    extent = round(read * mpps[level] / 0.25)  # the window in level-0 px
+    assert abs(x0 + extent / 2 - center[0]) <= mpp / 0.25 / 2  # within half an output pixel
     crop = pattern[y0 : y0 + extent, x0 : x0 + extent]
     expected = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     diff = np.abs(patch.astype(int) - expected)
