@@ -14,6 +14,9 @@ EVA = ["kaiko-eva[vision]==0.4.5", "jsonargparse[omegaconf]>=4.31,<4.52"]
 # with the local file store; `mlflow ui` comes with the full `mlflow` package.
 WANDB = ["wandb>=0.19"]
 MLFLOW = ["mlflow-skinny>=2.16"]
+# The input benchmark's peers (benchmarks/input_pipeline.py): tiffslide, cuCIM's CPU reader
+# (cucim-cu12 installs and reads slides without a GPU), and psutil for CPU time per worker.
+BENCH = ["tiffslide>=2.4", "cucim-cu12>=24.0", "psutil>=5.9"]
 
 setup(
     name="pathfm",
@@ -34,7 +37,8 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "tifffile>=2024.1",
-        "imagecodecs>=2024.1",
+        "imagecodecs>=2024.1",  # tifffile's JPEG codec (writing synthetic slides)
+        "simplejpeg>=1.6",  # libjpeg-turbo with DCT-domain scaled decoding (the tile reader)
         "numpy>=1.26",
         "opencv-python-headless>=4.9",
         "tqdm>=4.66",
@@ -42,6 +46,7 @@ setup(
         "matplotlib>=3.8",  # python -m pathfm.report
     ],
     extras_require={
+        "bench": BENCH,
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
