@@ -4,8 +4,11 @@ Mirrors ``DataAugmentationDINO`` of facebookresearch/dino (main_dino.py) with th
 transforms it uses. Deliberate differences (all numerical, none in the random structure):
 
 * Resize: torchvision/PIL bicubic (a=-0.5, antialiased) is replaced by cv2.INTER_AREA when an
-  axis shrinks (antialiased box filter) and cv2.INTER_CUBIC (a=-0.75, no antialias) when an axis
-  is enlarged; crops that shrink one axis and enlarge the other are resized one axis at a time.
+  axis shrinks by >= 1.5x (antialiased box filter), cv2.INTER_LINEAR when both shrink by less
+  and cv2.INTER_CUBIC (a=-0.75, no antialias) when an axis is enlarged; crops that shrink one axis
+  by >= 1.5x and enlarge the other are resized one axis at a time. Over DINO's crops of H&E
+  patches this is 1.13 grey levels from PIL (all-INTER_AREA shrinking: 1.17) at half the time:
+  OpenCV's INTER_AREA for factors below 2 is a slow generic path (117 us for 120 -> 96 px).
 * ColorJitter: the four ops run on one float32 buffer, clipped to [0, 255] after every op as
   torchvision does, but rounded to uint8 once at the end (torchvision and PIL quantise, and
   truncate, after each op). Contrast blends with the exact float mean of the grayscale image and
@@ -60,6 +63,7 @@ HED_FROM_RGB = np.array(
         [-0.60190736, -0.48041419, 1.57358807],
     ]
 )
+AREA_MIN_SHRINK = 1.5  # shrink factors from which `resize` uses INTER_AREA (see above)
 VIEWS = ("global1", "global2", "local")  # the blur and solarize probabilities' order
 HED_LOG_ADJUST = -math.log(1e-6)  # skimage floors rgb at 1e-6 and scales OD by 1 / ln(1e6)
 
@@ -198,17 +202,19 @@ def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Resize uint8 [h, w, C] to [size, size, C]: INTER_AREA per shrunk axis, INTER_CUBIC else."""
+    """Resize uint8 [h, w, C] to [size, size, C]: INTER_AREA per axis shrunk >= 1.5x,
+    INTER_LINEAR when both shrink less, INTER_CUBIC when an axis is enlarged."""
     h, w = image.shape[:2]
     if h == size and w == size:
         return image.copy() if out is None else _into(image, out)
+    area = max(h, w) >= AREA_MIN_SHRINK * size
     if h < size or w < size:  # some axis is enlarged
-        if h > size or w > size:  # ... and the other shrunk: shrink it first with INTER_AREA
+        if area:  # ... and the other shrunk >= 1.5x: shrink it first with INTER_AREA
             dsize = (w, size) if h > size else (size, h)
             image = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
         interp = cv2.INTER_CUBIC
     else:
-        interp = cv2.INTER_AREA
+        interp = cv2.INTER_AREA if area else cv2.INTER_LINEAR
     return _into(cv2.resize(image, (size, size), dst=out, interpolation=interp), out)
 
 
