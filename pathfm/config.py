@@ -152,7 +152,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.slide_weighting = "uniform"  # or "tissue_area": slides drawn by their tissue area
     c.data.patch_budget = 0  # > 0: train on this many distinct patch locations (kaiko ablation)
     c.data.on_bad_slide = "skip"  # or "error"
-    c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    # grain worker processes: "auto" = one per host core but one, capped by host memory
+    # (pathfm.data.workers); 0 reads in the main process (the quick start, the tests)
+    c.data.num_workers = ml_collections.FieldReference("auto", field_type=object)
+    c.data.tile_cache_mb = 256  # decoded JPEG tiles kept per process (LRU, MiB); 0 = off
     c.data.read_threads = 4  # threads per process assembling batches (<= prefetch_batches)
     c.data.prefetch_batches = 4  # batches read ahead per process (bounds host memory)
     c.data.dedupe = True  # a slide listed twice counts once (False: listing again weights it)
@@ -228,6 +231,7 @@ def quick_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.mae.update(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     c.crops.update(global_size=32, local_size=16, n_local=min(c.crops.n_local, 2))
     c.data.update(slides="", patch_size=48, synthetic_size=2048, synthetic_slides=2)
+    c.data.num_workers = 0
     c.monitor.update(every_steps=4, num_patches=16, batch_size=8)
     c.checkpoint.every_steps = 2
     return c

@@ -32,7 +32,7 @@ def tiny_dino_config(**overrides):
     c.dino.update(out_dim=64, hidden_dim=32, bottleneck_dim=16, freeze_last_layer=1)
     c.optim.warmup_epochs = 1
     c.crops.update(global_size=32, local_size=16, n_local=2)
-    c.data.update(patch_size=48, synthetic_size=2048, mpps=(0.5,))
+    c.data.update(patch_size=48, synthetic_size=2048, mpps=(0.5,), num_workers=0)
     c.monitor.update(every_steps=3, num_patches=16, batch_size=8)
     c.checkpoint.every_steps = 2
     for key, value in overrides.items():

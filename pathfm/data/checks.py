@@ -31,7 +31,11 @@ def check_data_config(c: ml_collections.ConfigDict) -> None:
         "must be empty or have one weight per entry of data.mpps",
     )
     require(d.on_bad_slide in ("skip", "error"), "data.on_bad_slide", "use 'skip' or 'error'")
-    require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    require(
+        d.num_workers == "auto" or (isinstance(d.num_workers, int) and d.num_workers >= 0),
+        "data.num_workers",
+        "use 'auto' (one per host core but one) or a number >= 0 (0 = the main process)",
+    )
     require(0.0 <= d.min_tissue_fraction <= 1.0, "data.min_tissue_fraction", "must be in [0, 1]")
     require(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
     require(
@@ -43,6 +47,7 @@ def check_data_config(c: ml_collections.ConfigDict) -> None:
     require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
     require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
     require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
+    require(d.tile_cache_mb >= 0, "data.tile_cache_mb", "must be >= 0 (0 = no tile cache)")
     require(
         d.prefetch_batches >= d.read_threads,
         "data.prefetch_batches",

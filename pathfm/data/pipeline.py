@@ -28,6 +28,7 @@ from pathfm.data.slides import SlideRecord, duplicates, find_slides
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
+from pathfm.data.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def build_sampler(
         slide_weighting=d.slide_weighting,
         patch_budget=d.patch_budget if with_budget else 0,
         budget_seed=config.seed,
+        cache_bytes=d.tile_cache_mb << 20,
     )
 
 
@@ -273,11 +275,13 @@ def build_train_iterator(
             )
         )
     ds = ds.to_iter_dataset(read_options(config))
-    if config.data.num_workers > 0:
+    workers = resolve_num_workers(config, process_count)
+    log.info("input: %d grain worker process(es) (%s)", workers.num_workers, workers.reason)
+    if workers.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(
-            num_workers=config.data.num_workers, per_worker_buffer_size=1
+            num_workers=workers.num_workers, per_worker_buffer_size=1
         )
         ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
     return iter(ds)
