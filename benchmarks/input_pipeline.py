@@ -1,4 +1,5 @@
-"""Online-patching input speed: the naive loop, pathfm's reader, the decode floor, the pipeline.
+"""Online-patching input speed: pathfm's reader against its peers and the decode floor, and the
+full pipeline per core.
 
     python benchmarks/input_pipeline.py --reads 200 --batches 8 --out input_pipeline.json
 
@@ -6,11 +7,16 @@ On generated 0.25 um/px slides (one with 2x pyramid levels, one with 4x levels l
 the real CMU-1-Small-Region.svs, for 224 px patches at every magnification a slide reaches, it
 times on one core and at the same random tissue locations:
   (a) OpenSlide `read_region` at `get_best_level_for_downsample` + convert + PIL bicubic resize,
-  (b) pathfm's reader (`read_patch`: fast JPEG-tile path, level choice, OpenCV area downscale),
-  (d) the JPEG decode floor: the tiles (b) needs, pre-read, decoded with libjpeg-turbo,
+  the same loop with the other readers of slide files, where installed (else recorded absent):
+  tiffslide (tifffile + zarr) and cuCIM (`CuImage.read_region` on the CPU),
+  (b) pathfm's reader (`read_patch`: fast JPEG-tile path, level choice, scaled JPEG decoding,
+      OpenCV area downscale),
+  (d) the JPEG decode floor: the tiles (b) needs, pre-read, decoded by libjpeg-turbo at the
+      scale (b) decodes them,
 and then (c) the full grain pipeline with DINO multi-crop (2x224 + 8x96, photometric ops left to
-the accelerator) at 1 worker process and at all cores. Tile caches are off for (a) and (b), so
-every read pays its decode. Prints a table and writes JSON.
+the accelerator) with 1 worker process, 2, and all cores. Tile caches are off for every reader,
+so every read pays its decode. Prints a table and writes JSON: per cell the rates and the ratios
+of (b) to each peer and to the floor.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import openslide
 from PIL import Image
@@ -31,8 +36,21 @@ from pathfm.config import base_config
 from pathfm.data import pipeline, slides
 from pathfm.data.sampler import PatchSampler, SlideIndex
 from pathfm.data.synthetic import write_synthetic_slide
-from pathfm.data.tiff_reader import TiffJpegSlide
+from pathfm.data.tiff_reader import TiffJpegSlide, decode_tile
 from pathfm.data.tissue import TissueConfig
+
+try:
+    import psutil
+except ImportError:
+    psutil = None
+try:
+    import tiffslide
+except ImportError:  # pip install ".[bench]"
+    tiffslide = None
+try:
+    from cucim import CuImage
+except ImportError:  # pip install cucim-cu12 (its CPU reader needs no GPU)
+    CuImage = None
 
 MPPS = (0.25, 0.5, 1.0, 2.0)
 SIZE = 224
@@ -62,16 +80,30 @@ def locations(info, mpp: float, n: int) -> list[tuple[float, float]]:
     return [sampler.budget_location(k)[2] for k in range(n)]
 
 
-def naive_read(slide: openslide.OpenSlide, center, mpp: float, base_mpp: float) -> np.ndarray:
-    """The usual loop: best level for the downsample, read_region, RGB, PIL bicubic resize."""
+def best_level_read(slide, center, mpp: float, base_mpp: float) -> tuple[tuple, int, int]:
+    """The usual loop's window: ((x, y) level 0, level, read px) at the best level."""
     downsample = mpp / base_mpp
-    level = slide.get_best_level_for_downsample(downsample)
-    scale = slide.level_downsamples[level]
-    read = round(SIZE * downsample / scale)
+    downsamples = slide.level_downsamples
+    level = max(i for i, d in enumerate(downsamples) if d <= downsample * 1.0001 or i == 0)
+    read = round(SIZE * downsample / downsamples[level])
     extent = SIZE * downsample
-    xy = (int(center[0] - extent / 2), int(center[1] - extent / 2))
+    return (int(center[0] - extent / 2), int(center[1] - extent / 2)), level, read
+
+
+def naive_read(slide, center, mpp: float, base_mpp: float) -> np.ndarray:
+    """The usual loop, for OpenSlide and tiffslide (the same API): best level for the
+    downsample, read_region, RGB, PIL bicubic resize."""
+    xy, level, read = best_level_read(slide, center, mpp, base_mpp)
     image = slide.read_region(xy, level, (read, read)).convert("RGB")
     return np.asarray(image.resize((SIZE, SIZE), Image.BICUBIC))
+
+
+def cucim_read(image, downsamples, center, mpp: float, base_mpp: float) -> np.ndarray:
+    """The usual loop with cuCIM's `CuImage.read_region` (on the CPU)."""
+    slide = type("Levels", (), {"level_downsamples": downsamples})
+    xy, level, read = best_level_read(slide, center, mpp, base_mpp)
+    region = np.asarray(image.read_region(xy, (read, read), level))[..., :3]
+    return np.asarray(Image.fromarray(region).resize((SIZE, SIZE), Image.BICUBIC))
 
 
 def per_second(fn, items) -> float:
@@ -82,40 +114,60 @@ def per_second(fn, items) -> float:
 
 
 def decode_floor(path: Path, info, centers, mpp: float) -> tuple[float, float]:
-    """(patches/s, tiles/s) decoding exactly the tiles pathfm's reader needs, pre-read."""
+    """(patches/s, tiles/s) decoding exactly the tiles pathfm's reader needs, pre-read, at the
+    scale it decodes them."""
     fast = TiffJpegSlide.open(path)
     if fast is None:
         return float("nan"), float("nan")
     tiles = []
     for center in centers:
         level, x0, y0, read = slides.patch_window(info.level_mpps, center, SIZE, mpp)
-        ds = fast.level_downsamples[level]
-        for index in fast.tiles_covering(level, int(x0 / ds), int(y0 / ds), read, read):
-            tiles.append(fast.raw_tile(level, index))
+        scale = slides.decode_scale(read, SIZE)
+        step = fast.level_downsamples[level]
+        tw, th = fast.tile_size(level)
+        x, y = round(x0 / step), round(y0 / step)
+        for index in fast.tiles_covering(level, x, y, read, read):
+            tiles.append((fast.tile_stream(level, index), tw, th, scale))
     fast.close()
     start = time.perf_counter()
-    for data, tables, colorspace in tiles:
-        imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace, outcolorspace="RGB")
+    for stream, tw, th, scale in tiles:
+        decode_tile(stream, tw, th, scale)
     seconds = time.perf_counter() - start
     return len(centers) / seconds, len(tiles) / seconds
 
 
+def peer_readers(path: Path) -> dict:
+    """name -> (centre, mpp, base_mpp) -> patch, for every peer installed and able to open it."""
+    peers = {}
+    naive_slide = openslide.OpenSlide(str(path))
+    naive_slide.set_cache(openslide.OpenSlideCache(0))
+    peers["openslide"] = lambda c, m, b, s=naive_slide: naive_read(s, c, m, b)
+    if tiffslide is not None:
+        ts = tiffslide.TiffSlide(str(path))
+        peers["tiffslide"] = lambda c, m, b, s=ts: naive_read(s, c, m, b)
+    if CuImage is not None:
+        image = CuImage(str(path))
+        downsamples = tuple(image.resolutions["level_downsamples"])
+        peers["cucim"] = lambda c, m, b, i=image, d=downsamples: cucim_read(i, d, c, m, b)
+    return peers
+
+
 def reader_rows(paths: dict[str, Path], reads: int) -> list[dict]:
-    """(a), (b) and (d) for every slide and reachable magnification."""
+    """(a), the peers, (b) and (d) for every slide and reachable magnification."""
     rows = []
     for name, path in paths.items():
         index = SlideIndex.build([slides.SlideRecord(str(path))], TissueConfig())
         info = index.slides[0]
-        naive_slide = openslide.OpenSlide(str(path))
-        naive_slide.set_cache(openslide.OpenSlideCache(0))
+        peers = peer_readers(path)
         handles = slides.SlideHandles(cache_bytes=0)
         for mpp in MPPS:
             if mpp * (1 + slides.LEVEL_TOLERANCE) < info.level_mpps[0]:
                 continue  # never upscale: this slide does not reach that magnification
             centers = locations(info, mpp, reads)
-            a = per_second(
-                lambda c, s=naive_slide, m=mpp, i=info: naive_read(s, c, m, i.mpp), centers
-            )
+            rates = {
+                peer: per_second(lambda c, r=read, m=mpp, b=info.mpp: r(c, m, b), centers)
+                for peer, read in peers.items()
+            }
             b = per_second(
                 lambda c, h=handles, p=str(path), m=mpp, i=info: slides.read_patch(
                     h.get(p), c, SIZE, m, i.mpp
@@ -123,42 +175,72 @@ def reader_rows(paths: dict[str, Path], reads: int) -> list[dict]:
                 centers,
             )
             d, tiles_per_s = decode_floor(path, info, centers, mpp)
-            rows.append(
-                {
-                    "slide": name,
-                    "mpp": mpp,
-                    "a_openslide_pil": a,
-                    "b_pathfm": b,
-                    "d_decode_floor": d,
-                    "decode_tiles_per_s": tiles_per_s,
-                    "b_over_a": b / a,
-                    "b_over_d": b / d,
-                }
-            )
-        naive_slide.close()
+            _, _, _, read = slides.patch_window(info.level_mpps, centers[0], SIZE, mpp)
+            row = {
+                "slide": name,
+                "mpp": mpp,
+                "decode_scale": slides.decode_scale(read, SIZE),
+                "a_openslide_pil": rates["openslide"],
+                "tiffslide": rates.get("tiffslide"),
+                "cucim": rates.get("cucim"),
+                "b_pathfm": b,
+                "d_decode_floor": d,
+                "decode_tiles_per_s": tiles_per_s,
+                "b_over_a": b / rates["openslide"],
+                "b_over_d": b / d,
+            }
+            for peer in ("tiffslide", "cucim"):
+                row[f"b_over_{peer}"] = b / rates[peer] if peer in rates else None
+            rows.append(row)
     return rows
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children, e.g. grain workers."""
+    if psutil is None:
+        return float("nan")
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dict]:
-    """(c): samples/s of the full pipeline (multi-crop on the host, colour on the device)."""
+    """(c): samples/s of the full pipeline (multi-crop on the host, colour on the device), and
+    per core: samples per CPU second of the main process and its workers together (a worker's
+    read threads may use more than one core)."""
     rows = []
     for n in workers:
         config = base_config()
         config.data.slides = str(directory)
         config.data.patch_size = SIZE
         config.data.num_workers = n
+        config.data.tile_cache_mb = 0  # every read decodes, as in (b)
         config.batch_size = 32
         config.crops.photometric_on_device = True
         sampler = pipeline.training_slides(config, None).sampler
         it = pipeline.build_train_iterator(config, sampler)
         next(it)  # start the workers and fill the first batch
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         for _ in range(batches):
             next(it)
-        rate = batches * config.batch_size / (time.perf_counter() - start)
-        rows.append({"workers": n, "samples_per_s": rate, "per_core": rate / max(n, 1)})
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        samples = batches * config.batch_size
+        per_core = samples / cpu if cpu > 0 else samples / seconds / max(n, 1)
+        rows.append(
+            {"workers": n, "samples_per_s": samples / seconds, "per_core": per_core, "cpu_s": cpu}
+        )
         del it
     return rows
+
+
+def ratio_text(value: float | None) -> str:
+    return "absent" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -174,32 +256,46 @@ def main() -> None:
         synthetic.mkdir()
         paths = make_slides(synthetic, args.side)
         readers = reader_rows(paths, args.reads)
-        full = pipeline_rows(synthetic, args.batches, sorted({1, cores}))
+        full = pipeline_rows(synthetic, args.batches, sorted({1, 2, cores}))
     print(
-        f"{'slide':<24} {'mpp':>5} {'(a) OS+PIL':>11} {'(b) pathfm':>11} {'(d) floor':>10} "
-        f"{'b/a':>6} {'b/d':>6}   patches/s on one core"
+        f"{'slide':<24} {'mpp':>5} {'1/s':>3} {'(a) OS+PIL':>10} {'tiffslide':>9} {'cuCIM':>7} "
+        f"{'(b) pathfm':>10} {'(d) floor':>9} {'b/a':>5} {'b/tiffs':>7} {'b/cuCIM':>7} {'b/d':>5}"
+        "   patches/s on one core"
     )
     for r in readers:
+        peers = [
+            f"{r[k]:>{w}.0f}" if r[k] else f"{'-':>{w}}"
+            for k, w in (("tiffslide", 9), ("cucim", 7))
+        ]
         print(
-            f"{r['slide']:<24} {r['mpp']:>5} {r['a_openslide_pil']:>11.0f} {r['b_pathfm']:>11.0f} "
-            f"{r['d_decode_floor']:>10.0f} {r['b_over_a']:>6.2f} {r['b_over_d']:>6.2f}"
+            f"{r['slide']:<24} {r['mpp']:>5} {r['decode_scale']:>3} {r['a_openslide_pil']:>10.0f} "
+            f"{peers[0]} {peers[1]} {r['b_pathfm']:>10.0f} {r['d_decode_floor']:>9.0f} "
+            f"{r['b_over_a']:>5.2f} {ratio_text(r['b_over_tiffslide']):>7} "
+            f"{ratio_text(r['b_over_cucim']):>7} {r['b_over_d']:>5.2f}"
         )
-    b_single = full[0]["per_core"]
+    b_single = full[0]["samples_per_s"]
     mean_b = float(np.mean([r["b_pathfm"] for r in readers if r["slide"].startswith("synth")]))
     for r in full:
         r["c_over_b_per_core"] = r["per_core"] / mean_b
         r["scaling"] = r["samples_per_s"] / b_single
         print(
             f"(c) pipeline, {r['workers']} worker(s): {r['samples_per_s']:.0f} samples/s, "
-            f"{r['per_core']:.0f} per core = {r['c_over_b_per_core']:.2f} x (b); "
+            f"{r['per_core']:.0f} per CPU second = {r['c_over_b_per_core']:.2f} x (b); "
             f"{r['scaling']:.2f} x the 1-worker rate"
         )
+    projected = {"workers": 15, "samples_per_s": 15 * full[0]["per_core"], "measured": False}
+    print(
+        f"(c) projected for a 16-core host (15 workers at the 1-worker rate per core): "
+        f"{projected['samples_per_s']:.0f} samples/s; measure it there"
+    )
     result = {
         "cores": cores,
         "reads": args.reads,
         "side": args.side,
+        "peers": {"tiffslide": tiffslide is not None, "cucim": CuImage is not None},
         "readers": readers,
         "pipeline": full,
+        "pipeline_projected_16_cores": projected,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -31,5 +31,15 @@ def test_input_benchmark_runs_and_writes_json(tmp_path):
     for r in result["readers"]:
         assert r["a_openslide_pil"] > 0 and r["b_pathfm"] > 0 and r["d_decode_floor"] > 0
         assert abs(r["b_over_a"] - r["b_pathfm"] / r["a_openslide_pil"]) < 1e-9
-    assert result["pipeline"][0]["workers"] == 1 and result["pipeline"][0]["samples_per_s"] > 0
+        assert abs(r["b_over_d"] - r["b_pathfm"] / r["d_decode_floor"]) < 1e-9
+        for peer in ("tiffslide", "cucim"):  # absent (None) where not installed
+            assert (r[peer] is None) == (r[f"b_over_{peer}"] is None) == (not result["peers"][peer])
+            if r[peer] is not None:
+                assert abs(r[f"b_over_{peer}"] - r["b_pathfm"] / r[peer]) < 1e-9
+    scales = {(r["slide"], r["mpp"]): r["decode_scale"] for r in result["readers"]}
+    assert scales[("CMU-1-Small-Region.svs", 1.0)] == 2 and scales[("synthetic_4x", 0.5)] == 2
+    assert scales[("synthetic_2x", 0.25)] == 1  # native resolution: full decode
+    workers = [r["workers"] for r in result["pipeline"]]
+    assert workers[:2] == [1, 2] and all(r["samples_per_s"] > 0 for r in result["pipeline"])
+    assert result["pipeline_projected_16_cores"]["measured"] is False
     assert "(c) pipeline" in done.stdout
