@@ -79,8 +79,8 @@ def resolve_num_workers(
 ) -> WorkerChoice:
     """`data.num_workers` as a number: itself when it is one, else (AUTO) cores - 1 capped so
     that the workers' buffers (`data.prefetch_batches` + 1 batches each, their tile cache of
-    `data.tile_cache_mb` and their own footprint) fit in MEMORY_SHARE of the available memory. `cores`/`memory` default to this
-    host's."""
+    `data.tile_cache_mb` and their own footprint) fit in MEMORY_SHARE of the available memory.
+    `cores`/`memory` default to this host's."""
     setting = config.data.num_workers
     if setting != AUTO:
         return WorkerChoice(int(setting), f"data.num_workers={setting}")
