@@ -10,6 +10,7 @@ import ml_collections
 
 from pathfm.models.vit import ViTConfig, ffn_hidden_dim
 from pathfm.ssl.base import backbone_config
+from pathfm.ssl.ibot_buffer import buffer_size
 
 # Dense bf16 matrix peak per device, TFLOP/s (vendor data sheets, without sparsity), matched as
 # substrings of `jax.Device.device_kind` in this order (the first match wins).
@@ -88,22 +89,29 @@ def _mae_forward(config: ml_collections.ConfigDict, cfg: ViTConfig) -> float:
     return encoder + decoder
 
 
+def ibot_buffer_rows(config: ml_collections.ConfigDict, devices: int) -> int:
+    """Rows of one device's DINOv2 iBOT buffer: the collate `upperbound` of its 2B / devices
+    global crops (`pathfm.ssl.ibot_buffer.buffer_size`, what `DinoV2.loss` gathers)."""
+    cfg, v = backbone_config(config.model, 0.0), config.dinov2
+    rows = 2 * config.batch_size // devices
+    n_tokens = (config.crops.global_size // cfg.patch_size) ** 2
+    return buffer_size(rows, n_tokens, v.mask_probability, tuple(v.mask_ratio))
+
+
 def analytic_step_flops(config: ml_collections.ConfigDict, devices: int) -> float:
     """Matmul FLOPs of one train step per device, counted from the architecture: the trained
     forward passes three times (forward, and two matmuls per matmul backward), the teacher's
-    once. What the step computes, so the DINOv2 iBOT head counts on every patch token."""
+    once. What the step computes, so the DINOv2 iBOT head (student and teacher) counts on the
+    rows of each device's masked-token buffer, padding included, not on every patch token."""
     cfg = backbone_config(config.model, 0.0)
     batch, cr = config.batch_size, config.crops
     if config.method == "mae":
         return 3 * batch * _mae_forward(config, cfg) / devices
     head = _head(config, cfg.embed_dim)
     crops = 2 * _backbone(cfg, cr.global_size) + cr.n_local * _backbone(cfg, cr.local_size)
-    head_vectors = 2 + cr.n_local  # CLS of every crop
-    teacher_vectors = 2
-    if config.method == "dinov2":  # the iBOT head on the global crops' patch tokens
-        patch_tokens = 2 * (cr.global_size // cfg.patch_size) ** 2
-        head_vectors += patch_tokens
-        teacher_vectors += patch_tokens
-    student = crops + head_vectors * head
-    teacher = 2 * _backbone(cfg, cr.global_size) + teacher_vectors * head
-    return batch * (3 * student + teacher) / devices
+    student = crops + (2 + cr.n_local) * head  # the DINO head on the CLS of every crop
+    teacher = 2 * _backbone(cfg, cr.global_size) + 2 * head
+    per_device = batch * (3 * student + teacher) / devices
+    if config.method == "dinov2":  # the iBOT head on the buffer: student (x3) and teacher
+        per_device += (3 + 1) * ibot_buffer_rows(config, devices) * head
+    return per_device

@@ -91,7 +91,9 @@ def mask_upperbound(
 ) -> int:
     """DINOv2 collate `upperbound`: sum_i int(N * bin_max_i) >= masked tokens of any batch.
 
-    A static buffer size for gathering the masked tokens under jit (pad with weight 0).
+    Any batch of one `batch_masks(n_images, ...)` call: image i gets at most its target
+    int(N * r_i) <= int(N * bin_max_i) (blocks never overshoot). A static buffer size for
+    gathering the masked tokens under jit (pad with weight 0; `pathfm.ssl.ibot_buffer`).
     """
     n_masked = int(n_images * mask_probability)
     probs = np.linspace(*ratio_range, n_masked + 1)

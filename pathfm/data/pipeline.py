@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import grain
+import jax
 import ml_collections
 import numpy as np
 from absl import flags
@@ -201,19 +202,37 @@ MASK_STREAM = 7_919  # block masks draw from their own seed stream
 
 @dataclasses.dataclass
 class AddBlockMasks:
-    """grain map over batches: DINOv2's block masks for the global crops, stratified over the
-    batch as `collate_data_and_cast`, seeded by (seed, first global index) so hosts differ."""
+    """grain map over batches: DINOv2's block masks for the global crops, seeded by (seed, first
+    global index) so hosts differ.
+
+    The host batch [B, ...] splits into `groups` contiguous slices of B / groups samples, one per
+    local device (the shards `jax.make_array_from_process_local_data` makes), and each slice gets
+    its own `collate_data_and_cast` draw, stratified over its 2B / groups global crops (stacked
+    crop-major, as DINOv2's per-GPU collate), one after the other from the one generator. So each
+    device's masked tokens stay within DINOv2's `upperbound` for its batch, the iBOT buffer of
+    `pathfm.ssl.ibot_buffer`. groups=1 draws the whole host batch at once (the masks from before
+    `groups` existed, bit for bit).
+    """
 
     grid: tuple[int, int]
     mask_probability: float
     ratio_range: tuple[float, float]
     seed: int
+    groups: int = 1
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         b, views = batch["global_crops"].shape[:2]
+        if b % self.groups:
+            raise ValueError(f"a batch of {b} samples does not split into {self.groups} groups")
         rng = np.random.default_rng([self.seed, MASK_STREAM, int(batch["index"][0])])
-        masks = batch_masks(b * views, self.grid, self.mask_probability, self.ratio_range, rng)
-        return {**batch, "masks": masks.reshape(views, b, -1).swapaxes(0, 1)}  # [B, 2, N]
+        per = b // self.groups
+        groups = [
+            batch_masks(per * views, self.grid, self.mask_probability, self.ratio_range, rng)
+            .reshape(views, per, -1)
+            .swapaxes(0, 1)  # crop-major [2 * per, N] -> [per, 2, N]
+            for _ in range(self.groups)
+        ]
+        return {**batch, "masks": np.concatenate(groups)}  # [B, 2, N]
 
 
 def host_transform(config: ml_collections.ConfigDict):
@@ -272,6 +291,7 @@ def build_train_iterator(
                 config.dinov2.mask_probability,
                 tuple(config.dinov2.mask_ratio),
                 config.seed,
+                groups=jax.local_device_count(),  # one draw per device's shard
             )
         )
     ds = ds.to_iter_dataset(read_options(config))

@@ -4,6 +4,9 @@ Follows facebookresearch/dinov2 ssl_meta_arch.py. Batches hold uint8 `global_cro
 [B, 2, G, G, 3], `local_crops` [B, n, L, L, 3] and bool `masks` [B, 2, N] (block masks for half of
 the global crops, made on the host). The student sees the masked global crops and the local crops;
 the teacher the unmasked global crops. Teacher targets: Sinkhorn-Knopp or centering.
+
+The iBOT head (student and teacher) runs on the masked patch tokens only, gathered per device
+into a buffer of DINOv2's `upperbound` rows (`pathfm.ssl.ibot_buffer`, as `forward_backward`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from pathfm.ssl.base import (
 )
 from pathfm.ssl.dino import build_head
 from pathfm.ssl.dino_loss import update_center
-from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss_dense
+from pathfm.ssl.dinov2_loss import dino_cross_entropy_sum, ibot_loss
 from pathfm.ssl.ema_teacher import EmaTeacherMethod
+from pathfm.ssl.ibot_buffer import buffer_size, gather_tokens, masked_buffer
 from pathfm.ssl.koleo import koleo_loss
 from pathfm.ssl.sinkhorn import sinkhorn_knopp, softmax_center_teacher
 
@@ -41,7 +45,19 @@ def per_device_koleo(cls: jax.Array, groups: int) -> jax.Array:
 
 class DinoV2(EmaTeacherMethod):
     """DINOv2 as a `pathfm.ssl.base.Method`. Its backbones carry the iBOT `mask_token` (not part
-    of timm's layout; export drops it)."""
+    of timm's layout; export drops it).
+
+    `koleo_groups` is G (default: every device), the per-device groups of the batch: KoLeo runs
+    within each, and each gathers its masked patch tokens into its own iBOT buffer of U rows.
+    `ibot_buffer` sets U (`pathfm.ssl.ibot_buffer.buffer_size`): "upperbound" (default), DINOv2's
+    collate `upperbound` for the 2B/G global crops of a group, provably enough for masks drawn
+    per device as the pipeline draws them (`AddBlockMasks.groups` = local devices, so the hosts'
+    process_count x local_device_count groups are the G groups here); "all" (every patch token:
+    enough for any masks, at the dense heads' cost) or a number. A group holding more masked
+    tokens than U (masks made otherwise) is never truncated: the loss is NaN, so the train step
+    drops the update (`config.on_nonfinite`), and the metric `ibot_overflow` counts the tokens
+    that did not fit.
+    """
 
     name = "dinov2"
     batch_keys = ("global_crops", "local_crops", "masks")
@@ -52,8 +68,15 @@ class DinoV2(EmaTeacherMethod):
     # build_schedulers / apply_optim_scheduler: last-layer lr 0 while frozen; AdamW still steps.
     freeze_rule = "zero_lr"
 
-    def __init__(self, config: ml_collections.ConfigDict, koleo_groups: int | None = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        koleo_groups: int | None = None,
+        ibot_buffer: int | str = "upperbound",
+    ):
         self.config = config
+        buffer_size(1, 1, 0.5, (0.1, 0.5), ibot_buffer)  # ValueError for an unknown choice
+        self.ibot_buffer = ibot_buffer
         d, v = config.dino, config.dinov2
         with_mask = lambda rate: dataclasses.replace(
             backbone_config(config.model, rate), use_mask_token=True
@@ -94,30 +117,63 @@ class DinoV2(EmaTeacherMethod):
             {"params": params["backbone"]}, x, train=rng is not None, masks=masks, rngs=rngs
         )
 
-    def _heads(self, params, cls, patches):
-        ibot = params[self.heads[-1]]  # the iBOT head, or the shared DINO head
-        return (
-            self.head.apply({"params": params["dino_head"]}, cls),
-            self.head.apply({"params": ibot}, patches),
-        )
+    def _dino_head(self, params, cls):
+        """DINO head logits [2B, K] of backbone CLS tokens [2B, D]."""
+        return self.head.apply({"params": params["dino_head"]}, cls)
 
-    def _targets(self, extra, cls_logits, patch_logits, masks, temp):
-        """Teacher probabilities for the CLS [2B, K] and patch tokens [2B, N, K]."""
-        k = cls_logits.shape[-1]
+    def _ibot_head(self, params, tokens):
+        """iBOT head logits [..., K] of patch tokens [..., D] (the shared DINO head unless
+        `ibot_separate_head`)."""
+        return self.head.apply({"params": params[self.heads[-1]]}, tokens)
+
+    def _cls_targets(self, extra, logits, temp):
+        """Teacher probabilities [2B, K] of the CLS logits [2B, K]."""
         if self.config.dinov2.centering == "sinkhorn_knopp":
-            q_cls = sinkhorn_knopp(cls_logits, temp)
-            q_patch = sinkhorn_knopp(patch_logits.reshape(-1, k), temp, valid=masks.reshape(-1))
-            return q_cls, q_patch.reshape(patch_logits.shape)
-        q_cls = softmax_center_teacher(cls_logits, extra["center"], temp)
-        q_patch = softmax_center_teacher(patch_logits, extra["patch_center"][:, None], temp)
-        return q_cls, q_patch
+            return sinkhorn_knopp(logits, temp)
+        return softmax_center_teacher(logits, extra["center"], temp)
+
+    def _patch_targets(self, extra, logits, valid, temp):
+        """Teacher probabilities [..., K] of patch logits [..., K]; Sinkhorn-Knopp over the
+        `valid` [...] rows only (B = their count over all devices, as DINOv2's
+        `n_masked_patches_tensor`)."""
+        if self.config.dinov2.centering == "sinkhorn_knopp":
+            k = logits.shape[-1]
+            q = sinkhorn_knopp(logits.reshape(-1, k), temp, valid=valid.reshape(-1))
+            return q.reshape(logits.shape)
+        center = extra["patch_center"].reshape((1,) * (logits.ndim - 1) + (-1,))
+        return softmax_center_teacher(logits, center, temp)
+
+    def _ibot(self, params, teacher, t_tokens, s_tokens, masks, extra, temp):
+        """The iBOT term on the masked tokens of patch tokens [2B, N, D] (teacher, student) and
+        masks [2B, N], sample-major: (loss, aux) with aux 'teacher_patch' [G, U, K] (buffer
+        logits), 'masks' [G, U] (its valid rows) and 'overflow' (tokens beyond U; loss NaN)."""
+        v = self.config.dinov2
+        rows = masks.shape[0] // self.koleo_groups
+        size = buffer_size(
+            rows, masks.shape[1], v.mask_probability, tuple(v.mask_ratio), self.ibot_buffer
+        )
+        buffer = masked_buffer(masks, self.koleo_groups, size)
+        t_logits = self._ibot_head(teacher, gather_tokens(t_tokens, buffer))  # [G, U, K]
+        q = jax.lax.stop_gradient(self._patch_targets(extra, t_logits, buffer.valid, temp))
+        s_logits = self._ibot_head(params, gather_tokens(s_tokens, buffer))  # [G, U, K]
+        k = s_logits.shape[-1]
+        loss = ibot_loss(
+            s_logits.reshape(-1, k),
+            q.reshape(-1, k),
+            masks,
+            self.config.dino.student_temp,
+            masks_weight=buffer.weights.reshape(-1),
+        )
+        loss = jnp.where(buffer.overflow > 0, jnp.nan, loss)  # never a truncated loss
+        return loss, {"teacher_patch": t_logits, "masks": buffer.valid, "overflow": buffer.overflow}
 
     def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
         d, v = self.config.dino, self.config.dinov2
         # Sample-major through the backbone ([B*2] rows, the two crops of a sample together),
         # view-major [V, B, ...] where views pair up: never merge views into the batch-sharded
-        # axis (see `sample_major`), so each device computes its own shard. The row-wise terms
-        # (targets, iBOT, centers) do not depend on the row order.
+        # axis (see `sample_major`), so each device computes its own shard. The CLS targets and
+        # centers do not depend on the row order; iBOT and KoLeo split the rows into G
+        # batch-major groups, one per device shard (`pathfm.ssl.ibot_buffer.group_tokens`).
         global_crops = sample_major(batch["global_crops"])  # [B*2, G, G, 3]
         local_crops = sample_major(batch["local_crops"])  # [B*n, L, L, 3]
         masks = sample_major(batch["masks"])  # [B*2, N]
@@ -125,17 +181,15 @@ class DinoV2(EmaTeacherMethod):
 
         teacher = jax.lax.stop_gradient(extra["teacher"])
         t_cls, t_aux = self._backbone(self.teacher, teacher, global_crops)
-        t_cls_logits, t_patch_logits = self._heads(teacher, t_cls, t_aux["patch_tokens"])
+        t_cls_logits = self._dino_head(teacher, t_cls)
         temp = self.teacher_temp(step)
-        q_cls, q_patch = self._targets(extra, t_cls_logits, t_patch_logits, masks, temp)
-        q_cls, q_patch = jax.lax.stop_gradient(q_cls), jax.lax.stop_gradient(q_patch)
+        q_cls = jax.lax.stop_gradient(self._cls_targets(extra, t_cls_logits, temp))
         q_views = view_major(q_cls, n_global)  # [2, B, K]
 
         s_cls, s_aux = self._backbone(
             self.student, params, global_crops, jax.random.fold_in(rng, 0), masks
         )
-        s_cls_logits, s_patch_logits = self._heads(params, s_cls, s_aux["patch_tokens"])
-        s_views = view_major(s_cls_logits, n_global)  # [2, B, K]
+        s_views = view_major(self._dino_head(params, s_cls), n_global)  # [2, B, K]
         # Each student view meets the other teacher view: (s1, t2) + (s2, t1), batch means.
         dino = sum(
             dino_cross_entropy_sum(s_views[i][None], q_views[1 - i][None], d.student_temp)
@@ -144,10 +198,12 @@ class DinoV2(EmaTeacherMethod):
         n_local = batch["local_crops"].shape[1]
         if n_local:
             l_cls, _ = self._backbone(self.student, params, local_crops, jax.random.fold_in(rng, 1))
-            l_logits = self.head.apply({"params": params["dino_head"]}, l_cls)
+            l_logits = self._dino_head(params, l_cls)
             dino += dino_cross_entropy_sum(view_major(l_logits, n_local), q_views, d.student_temp)
         dino = dino / (n_global + n_global * n_local)
-        ibot = ibot_loss_dense(s_patch_logits, q_patch, masks, d.student_temp)
+        ibot, patch = self._ibot(
+            params, teacher, t_aux["patch_tokens"], s_aux["patch_tokens"], masks, extra, temp
+        )
         koleo = sum(per_device_koleo(c, self.koleo_groups) for c in view_major(s_cls, n_global))
         loss = v.dino_weight * dino + v.koleo_weight * koleo + v.ibot_weight * ibot
         metrics = {
@@ -156,18 +212,20 @@ class DinoV2(EmaTeacherMethod):
             "koleo_loss": koleo,
             "teacher_temp": temp,
             "momentum": self.momentum(step),
+            "ibot_overflow": patch["overflow"],
         }
         aux = {
             "metrics": metrics,
             "teacher_cls": t_cls_logits,
-            "teacher_patch": t_patch_logits,
-            "masks": masks,
+            "teacher_patch": patch["teacher_patch"],
+            "masks": patch["masks"],
         }
         return loss, aux
 
     def update_extra(self, extra: Params, params: Params, aux: dict, step) -> Params:
         m = self.config.dino.center_momentum
-        masks = aux["masks"][..., None].astype(jnp.float32)  # [2B, N, 1]
+        # The masked teacher tokens' mean: buffer logits [G, U, K] over valid rows [G, U].
+        masks = aux["masks"][..., None].astype(jnp.float32)  # [G, U, 1]
         masked_mean = jnp.sum(aux["teacher_patch"] * masks, axis=(0, 1)) / jnp.maximum(
             jnp.sum(masks), 1.0
         )

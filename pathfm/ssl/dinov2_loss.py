@@ -58,7 +58,7 @@ def ibot_loss(
     order; w_i = 1 / (masked tokens of its image), so each image averages over its masked tokens
     and unmasked images count 0 in the mean over 2B. masks_weight [M] (DINOv2's collate output,
     zero on padded rows) makes it jit-able; without it the weights are gathered from a concrete
-    mask on the host. Under jit prefer `ibot_loss_dense` (static shapes, no gather).
+    mask on the host. `DinoV2.loss` passes the per-device buffers of `pathfm.ssl.ibot_buffer`.
     """
     if masks_weight is None:
         dense = np.asarray(ibot_mask_weights(jnp.asarray(masks)))
@@ -76,8 +76,10 @@ def ibot_loss_dense(
     """`ibot_loss` on all patch tokens, static shapes: [2B, N, K] logits/targets, masks [2B, N].
 
     Unmasked positions are ignored (even non-finite values; zero gradient there); equal to the
-    gathered version. Build teacher_probs with `sinkhorn_knopp(t.reshape(-1, K), T,
-    valid=masks.reshape(-1))` so that B = the number of masked tokens, as in DINOv2.
+    gathered version, which training uses (the heads on every token cost ~10% of a ViT-L/14
+    step; this stays as its reference in tests). Build teacher_probs with
+    `sinkhorn_knopp(t.reshape(-1, K), T, valid=masks.reshape(-1))` so that B = the number of
+    masked tokens, as in DINOv2.
     """
     keep = masks.astype(bool)[..., None]  # zero junk before use: no NaN in values or gradients
     student = jnp.where(keep, student_tokens.astype(jnp.float32), 0.0)

@@ -1,7 +1,11 @@
+import zlib
+
 import cv2
 import numpy as np
+import pytest
 
 from pathfm.data.masking import batch_masks, block_mask, mask_upperbound
+from pathfm.data.pipeline import MASK_STREAM, AddBlockMasks
 
 GRID = (14, 14)
 N = GRID[0] * GRID[1]
@@ -77,3 +81,31 @@ def test_block_shapes_follow_the_log_uniform_aspect_range():
             shapes.add((h, w))
     assert shapes and shapes <= {(3, 4), (4, 3), (2, 6), (6, 2)}
     assert any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+
+
+def _host_batch(b: int) -> dict[str, np.ndarray]:
+    return {"global_crops": np.zeros((b, 2, 1, 1, 3), np.uint8), "index": np.arange(b) + 40}
+
+
+def test_one_group_is_the_stream_from_before_groups():
+    # Resumed runs rely on it: one collate draw over the host batch's 2B crops, crop-major.
+    masks = AddBlockMasks(GRID, 0.5, (0.1, 0.5), 3)(_host_batch(6))["masks"]  # [6, 2, N]
+    assert masks.shape == (6, 2, N)
+    assert zlib.crc32(np.packbits(masks).tobytes()) == 2426598653  # the masks before `groups`
+    rng = np.random.default_rng([3, MASK_STREAM, 40])
+    expected = batch_masks(12, GRID, 0.5, (0.1, 0.5), rng).reshape(2, 6, N).swapaxes(0, 1)
+    np.testing.assert_array_equal(masks, expected)
+
+
+def test_each_group_of_samples_gets_its_own_draw_within_its_bound():
+    # As DINOv2's per-GPU collate: group g = samples 2g, 2g+1, its 4 crops drawn crop-major.
+    groups, b = 4, 8
+    masks = AddBlockMasks(GRID, 0.5, (0.1, 0.5), 3, groups=groups)(_host_batch(b))["masks"]
+    rng = np.random.default_rng([3, MASK_STREAM, 40])
+    for g in range(groups):
+        drawn = batch_masks(4, GRID, 0.5, (0.1, 0.5), rng).reshape(2, 2, N).swapaxes(0, 1)
+        np.testing.assert_array_equal(masks[2 * g : 2 * g + 2], drawn)
+        assert masks[2 * g : 2 * g + 2].sum() <= mask_upperbound(4, N, 0.5, (0.1, 0.5))
+        assert masks[2 * g : 2 * g + 2].any(-1).sum() == 2  # int(4 x 0.5) masked crops each
+    with pytest.raises(ValueError, match="does not split into 3 groups"):
+        AddBlockMasks(GRID, 0.5, (0.1, 0.5), 3, groups=3)(_host_batch(b))

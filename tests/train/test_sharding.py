@@ -4,6 +4,7 @@ state memory falling as 1 / fsdp in XLA's compiled memory analysis."""
 import importlib.util
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from testutil import REPO, random_dino_batch, tiny_dino_config
@@ -139,7 +140,7 @@ def test_multicrop_losses_compute_only_their_batch_shard(method_name):
     method = build_method(config)
     params, extra = jax.eval_shape(method.init, jax.random.key(0))
     batch = {**random_dino_batch(config), "index": np.zeros(16, np.int64)}
-    batch = AddBlockMasks((4, 4), 0.5, (0.1, 0.5), 0)(batch)
+    batch = AddBlockMasks((4, 4), 0.5, (0.1, 0.5), 0, groups=8)(batch)  # per-device draws
     batch = {k: batch[k] for k in method.batch_keys}
     grad = jax.jit(jax.grad(lambda p, e, b: method.loss(p, e, b, jax.random.key(1), 0)[0]))
 
@@ -151,3 +152,46 @@ def test_multicrop_losses_compute_only_their_batch_shard(method_name):
     flops = lambda c: c.cost_analysis()["flops"]
     assert flops(eight) < 0.2 * flops(one)
     assert "all-gather" not in eight.as_text()
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "centering"])
+def test_dinov2_masked_token_buffers_same_on_one_and_eight_devices(centering):
+    """DINOv2's iBOT heads run on each device's buffer of masked tokens (8 groups of 2 samples,
+    masks drawn per group as the pipeline does): loss, gradients and the new patch center on 8
+    devices equal one device's computing the same 8 groups."""
+    from pathfm.config import dinov2_defaults
+    from pathfm.data.pipeline import AddBlockMasks
+    from pathfm.ssl.dinov2 import DinoV2
+
+    config = dinov2_defaults(tiny_dino_config(batch_size=16))
+    config.dino.warmup_teacher_temp_epochs = 1
+    config.dinov2.centering = centering
+    # KoLeo of the untrained model's near-identical CLS tokens, 2 per group, is all rounding.
+    config.dinov2.koleo_weight = 0.0
+    method = DinoV2(config, koleo_groups=8)
+    params, extra = jax.jit(method.init)(jax.random.key(0))
+    extra["patch_center"] = extra["patch_center"] + 0.1 * jnp.sin(jnp.arange(64.0))
+    batch = {**random_dino_batch(config), "index": np.arange(16)}
+    batch = AddBlockMasks((4, 4), 0.5, (0.1, 0.5), 0, groups=8)(batch)
+    batch = {k: batch[k] for k in method.batch_keys}
+
+    @jax.jit
+    def step(params, extra, batch):
+        loss = lambda p: method.loss(p, extra, batch, jax.random.key(1), 0)
+        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, aux["metrics"], grads, method.update_extra(extra, params, aux, 0)
+
+    one = jax.device_get(step(params, extra, parallel.shard_batch(batch, _mesh(1, 1))))
+    eight = jax.device_get(step(params, extra, parallel.shard_batch(batch, _mesh(8, 1))))
+    assert int(one[1]["ibot_overflow"]) == 0 and float(one[1]["ibot_loss"]) > 0
+    np.testing.assert_allclose(eight[0], one[0], rtol=1e-5)
+    for name in ("ibot_loss", "dino_loss"):
+        np.testing.assert_allclose(eight[1][name], one[1][name], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(b).max()),
+        _without_key_biases(eight[2]),
+        _without_key_biases(one[2]),
+    )
+    np.testing.assert_allclose(
+        eight[3]["patch_center"], one[3]["patch_center"], rtol=1e-5, atol=1e-7
+    )
