@@ -115,7 +115,11 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
     if config.method == "dinov2":
         grid = (g // config.model.patch_size,) * 2
         masks = AddBlockMasks(
-            grid, config.dinov2.mask_probability, tuple(config.dinov2.mask_ratio), seed
+            grid,
+            config.dinov2.mask_probability,
+            tuple(config.dinov2.mask_ratio),
+            seed,
+            groups=jax.local_device_count(),  # as the pipeline: one draw per device's shard
         )
         batch = masks({**batch, "index": np.zeros(b, np.int64)})
         del batch["index"]
@@ -193,12 +197,19 @@ def measure_input(row: dict, run: tuple, config, steps: int, workdir: str) -> di
 
 def run_setup(name: str, args, peak: float | None, workdir: str) -> tuple[list, list]:
     """Every variant of one set-up; the first that runs (the baseline) also with its input.
-    Each variant's state is released before the next one is built."""
-    rows, inputs = [], []
+    Each variant's state is released before the next one is built. With `--budget-s`, a
+    variant after the first starts only if it would end within the budget, taking as long as the
+    last one (build, compile and steps); the others are recorded as skipped."""
+    rows, inputs, start, last = [], [], time.perf_counter(), 0.0
     for overrides in variants(args.compare):
         row = {"setup": name, "about": SETUPS[name].about, "variant": variant_name(overrides)}
         row["overrides"] = list(overrides)
         rows.append(row)
+        if args.budget_s is not None and len(rows) > 1:
+            if time.perf_counter() - start + last > args.budget_s:
+                row["skipped"] = f"would end past the set-up's --budget-s {args.budget_s:g}"
+                continue
+        began = time.perf_counter()
         try:
             config = setup_config(name, args.tiny, args.set, overrides)
             m = config.model
@@ -209,6 +220,8 @@ def run_setup(name: str, args, peak: float | None, workdir: str) -> tuple[list, 
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {e}"
             continue
+        finally:
+            last = time.perf_counter() - began
         run = measured.pop("_run")
         row.update(measured)
         if name in args.input and not inputs:
@@ -238,8 +251,9 @@ def print_tables(rows: list[dict], inputs: list[dict]) -> None:
             "temp MiB", "vs base")  # fmt: skip
     lines = [head]
     for r in rows:
-        if "error" in r:
-            lines.append((r["setup"], r["variant"], "error: " + r["error"][:60]))
+        if "error" in r or "skipped" in r:
+            why = f"error: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append((r["setup"], r["variant"], why[:67]))
             continue
         lines.append((
             r["setup"], r["variant"], str(r["per_device_batch"]), _fmt(r["step_ms"], ".1f"),
@@ -276,6 +290,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-steps", type=int, default=20)
     parser.add_argument("--workers", type=int, default=-1, help="grain workers; -1: cores - 1")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="override the table")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="per set-up: start a variant only if it would end within this many "
+                             "seconds, taking as long as the last (0: only the first)")  # fmt: skip
     parser.add_argument("--out", default="train_step.json")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.input_steps < 1:
