@@ -268,14 +268,16 @@ def patch_window(
     """(level, x0, y0, read): read a read x read px square at `level` from level-0 (x0, y0).
 
     Where the window can be decoded at a JPEG scale 1/s > 1 (`decode_scale`), `read` is a
-    multiple of s and (x0, y0) a whole decoded pixel (a multiple of s level px): the window moves
-    by less than half a decoded pixel (< half an output pixel), so that every reader covers the
-    same microns whether it decodes at 1/s or at full size."""
+    multiple of s and (x0, y0) a whole decoded pixel (a multiple of s level px; at s = 1, any
+    level-0 px, as OpenSlide): the window moves by less than half a decoded pixel (< half an
+    output pixel), so that every reader covers the same microns whether it decodes at 1/s or at
+    full size."""
     level = choose_level(level_mpps, target_mpp, tolerance)
     read = max(1, round(size * target_mpp / level_mpps[level]))
     scale = decode_scale(read, size)
     read = scale * size if round(read / scale) == size else scale * (read // scale)
-    step0 = scale * level_mpps[level] / level_mpps[0]  # level-0 px per decoded pixel
+    # Level-0 px per decoded pixel; a full-size decode keeps level-0 px precision (as OpenSlide).
+    step0 = scale * level_mpps[level] / level_mpps[0] if scale > 1 else 1.0
     extent0 = read * level_mpps[level] / level_mpps[0]  # level-0 px covered by the read
     x0 = round(math.floor((center_xy[0] - extent0 / 2) / step0 + 0.5) * step0)
     y0 = round(math.floor((center_xy[1] - extent0 / 2) / step0 + 0.5) * step0)
