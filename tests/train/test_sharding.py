@@ -154,8 +154,7 @@ def test_multicrop_losses_compute_only_their_batch_shard(method_name):
     assert "all-gather" not in eight.as_text()
 
 
-@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "centering"])
-def test_dinov2_masked_token_buffers_same_on_one_and_eight_devices(centering):
+def test_dinov2_masked_token_buffers_same_on_one_and_eight_devices():
     """DINOv2's iBOT heads run on each device's buffer of masked tokens (8 groups of 2 samples,
     masks drawn per group as the pipeline does): loss, gradients and the new patch center on 8
     devices equal one device's computing the same 8 groups."""
@@ -165,7 +164,9 @@ def test_dinov2_masked_token_buffers_same_on_one_and_eight_devices(centering):
 
     config = dinov2_defaults(tiny_dino_config(batch_size=16))
     config.dino.warmup_teacher_temp_epochs = 1
-    config.dinov2.centering = centering
+    # Sinkhorn-Knopp: its sums run over all devices' buffers (centering is per row; both are
+    # checked against the dense loss in tests/ssl/test_ibot_buffer.py).
+    config.dinov2.centering = "sinkhorn_knopp"
     # KoLeo of the untrained model's near-identical CLS tokens, 2 per group, is all rounding.
     config.dinov2.koleo_weight = 0.0
     method = DinoV2(config, koleo_groups=8)
