@@ -17,6 +17,11 @@ MLFLOW = ["mlflow-skinny>=2.16"]
 # The input benchmark's peers (benchmarks/input_pipeline.py): tiffslide, cuCIM's CPU reader
 # (cucim-cu12 installs and reads slides without a GPU), and psutil for CPU time per worker.
 BENCH = ["tiffslide>=2.4", "cucim-cu12>=24.0", "psutil>=5.9"]
+# The tile store's Beam builds (pathfm.build_tile_store, docs/tile_store.md). Plain
+# apache-beam 2.77.0 keeps numpy, jax, grain and tensorflow-datasets; it pins protobuf < 7,
+# pyarrow < 26, pillow < 13 and python-dateutil < 3 (pip takes 6.33.6, 25.0.1, 12.3.0, 2.9.0).
+TILE_STORE = ["tensorflow-datasets>=4.9.10", "array-record>=0.8"]
+BEAM = [*TILE_STORE, "apache-beam>=2.77"]
 
 setup(
     name="pathfm",
@@ -54,6 +59,7 @@ setup(
             "scikit-learn>=1.4",
             "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set
             "array-record>=0.8",
+            *BEAM,  # tests/data/test_tile_store.py builds a store with Beam's DirectRunner
             "tensorboard>=2.16",  # the dashboard tests read the event files back with its reader
             "nbclient>=0.10",  # tests/test_notebook.py executes the tour notebook
             "nbformat>=5.10",
@@ -65,7 +71,8 @@ setup(
         ],
         "export": EXPORT,
         "eva": [*EXPORT, *EVA],
-        "tfds": ["tensorflow-datasets>=4.9.10", "array-record>=0.8"],
+        "tfds": TILE_STORE,
+        "beam": BEAM,
         "wandb": WANDB,
         "mlflow": MLFLOW,
     },
