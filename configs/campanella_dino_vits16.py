@@ -6,6 +6,11 @@ temperature 0.04 (warm-up over 1 epoch from 0.04), weight decay 0.04 -> 0.4, las
 1 epoch, 1 warm-up epoch, lr 5e-5 per 256 images, per-tensor clipping at 1.0, float32, DINO's
 default multi-crop (2x224 + 8x96), 224 px tiles at 0.5 um/px (20x). Pathology flips/rotations off:
 the paper reports the DINO defaults.
+
+Arguments: `quick` (a few CPU steps on synthetic slides) and `tfds` (train from a pre-extracted
+tile store, as the paper did, instead of online patching: set data.tfds_name and data.tfds_dir to
+your store, e.g. `--config configs/campanella_dino_vits16.py:tfds
+--config.data.tfds_dir=/data/stores`), or both: `quick,tfds`.
 """
 
 from pathfm.config import apply_variant, base_config
@@ -25,4 +30,4 @@ def get_config(arg: str | None = None):
     c.model.dtype = "float32"
     c.crops.update(vflip_p=0.0, rot90=False)
     c.data.update(mpps=(0.5,), patch_size=224)
-    return apply_variant(c, arg)
+    return apply_variant(c, arg, allowed=("quick", "tfds"), store="campanella_dino_vits16")

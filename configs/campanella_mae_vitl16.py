@@ -6,7 +6,9 @@ gradient clipping, lr = blr x batch / 256 with blr 1e-4 (MAE's default is 1.5e-4
 epochs then cosine to 0, 50 pseudo-epochs of 46,000 iterations (the paper's ~2.3M steps). Batch
 180 as the paper reports it; lr follows the batch you set. Augmentation: RandomResizedCrop(224,
 scale 0.2-1) and flips; patches at 0.5 um/px. Needs `--config.data.slides=...`.
-The argument `quick` shrinks it to a few CPU steps on synthetic slides.
+The argument `quick` shrinks it to a few CPU steps on synthetic slides; `tfds` trains from a
+pre-extracted tile store instead of slides (set data.tfds_name and data.tfds_dir to your store;
+docs/data.md); `quick,tfds` does both.
 """
 
 from pathfm.config import apply_variant, base_config
@@ -34,4 +36,4 @@ def get_config(arg: str | None = None):
     c.data.update(mpps=(0.5,), patch_size=256)
     c.checkpoint.every_steps = 5000
     c.monitor.every_steps = 5000
-    return apply_variant(c, arg)
+    return apply_variant(c, arg, allowed=("quick", "tfds"), store="campanella_mae_vitl16")

@@ -131,6 +131,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.crops.photometric_on_device = False  # colour ops in the jitted step; host only crops
 
     c.data = ml_collections.ConfigDict()
+    c.data.source = "slides"  # "slides": online patching; "tfds": a tile store (docs/data.md)
+    c.data.tfds_name = ""  # the store: "pathfm_tiles/<config>" or any TFDS image data set
+    c.data.tfds_dir = ""  # its TFDS data_dir ("" = TFDS's default, ~/tensorflow_datasets)
+    c.data.tfds_split = "train"
+    c.data.tfds_image_key = "image"  # the image feature (uint8 RGB, JPEG or PNG)
     c.data.slides = ""  # directory, glob or CSV manifest (columns path[, mpp]); "" = synthetic
     c.data.synthetic_dir = ""  # "" = <workdir>/synthetic_slides
     c.data.synthetic_slides = 4
@@ -237,12 +242,31 @@ def quick_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """The experiment as published (`arg` empty) or its `quick` CPU variant."""
-    if arg == "quick":
-        return quick_variant(c)
-    if arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
+def tfds_variant(c: ml_collections.ConfigDict, store: str) -> ml_collections.ConfigDict:
+    """Trains from the pre-extracted tile store `pathfm_tiles/<store>` instead of slides (a
+    config's `tfds` argument; `python -m pathfm.build_tile_store --config <its file>` names the
+    store after the file): set data.tfds_dir to the folder it was built in (docs/data.md)."""
+    c.data.update(source="tfds", tfds_name=f"pathfm_tiles/{store}")
+    return c
+
+
+def apply_variant(
+    c: ml_collections.ConfigDict,
+    arg: str | None,
+    allowed: tuple[str, ...] = ("quick",),
+    store: str = "",
+) -> ml_collections.ConfigDict:
+    """The experiment as published (`arg` empty) or its variants `arg` names, comma-separated in
+    the order given (e.g. `quick,tfds`): `quick` (a few CPU steps), `tfds` (the tile store
+    `pathfm_tiles/<store>`) where the config allows it."""
+    variants = {"quick": quick_variant, "tfds": lambda c: tfds_variant(c, store)}
+    names = [a.strip() for a in (arg or "").split(",") if a.strip()]
+    for name in names:
+        if name not in allowed:
+            choices = ", ".join(map(repr, allowed))
+            several = " (comma-separated)" if len(allowed) > 1 else ""
+            raise ValueError(f"unknown config argument {name!r}; use {choices}{several} or nothing")
+        c = variants[name](c)
     return c
 
 

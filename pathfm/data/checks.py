@@ -18,6 +18,7 @@ def _is_number(value) -> bool:
 def check_data_config(c: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first invalid `data.*` value (training and preparation)."""
     d = c.data
+    check_source_config(d)
     for key in ("mpps", "mpp_weights"):
         require(
             isinstance(d[key], tuple | list) and all(_is_number(v) for v in d[key]),
@@ -64,6 +65,27 @@ def check_data_config(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.data: {e}") from None
 
 
+def check_source_config(d: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first invalid `data.source` / `data.tfds_*` value."""
+    require(
+        d.source in ("slides", "tfds"),
+        "data.source",
+        f"{d.source!r} is not one of: 'slides' (online patching from data.slides), 'tfds' (a tile "
+        "store or any TFDS image data set, data.tfds_name)",
+    )
+    if d.source != "tfds":
+        return
+    require(
+        bool(d.tfds_name),
+        "data.tfds_name",
+        "data.source='tfds' needs the store's TFDS name, e.g. --config.data.tfds_name="
+        "pathfm_tiles/<config> --config.data.tfds_dir=DIR (build one with `python -m "
+        "pathfm.build_tile_store --config ... --out DIR`)",
+    )
+    for key in ("tfds_split", "tfds_image_key"):
+        require(bool(d[key]), f"data.{key}", "must not be empty (defaults: 'train', 'image')")
+
+
 def check_crops_config(c: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first invalid `crops.*` value: sizes fit the model's patches and
     the patch read per sample, scales are fractions, and the augmentation settings build."""
@@ -76,7 +98,7 @@ def check_crops_config(c: ml_collections.ConfigDict) -> None:
         )
     for key in ("global_size", "local_size"):  # a crop is cut from the data.patch_size read
         require(
-            cr[key] <= c.data.patch_size,
+            c.data.source != "slides" or cr[key] <= c.data.patch_size,
             f"crops.{key}",
             f"{cr[key]} px is larger than the {c.data.patch_size} px read per sample "
             f"(data.patch_size): every crop would be upsampled; raise data.patch_size to "

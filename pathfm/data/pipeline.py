@@ -1,9 +1,12 @@
-"""The online-patching input pipeline: grain over an endless stream of sample indices.
+"""The training input pipeline: grain over an endless stream of sample indices.
 
-index i -> (seeded rng for i) -> random tissue patch from a random slide -> multi-crop -> batch.
-Every element is a pure function of (seed, i), so the stream is identical for any number of
-worker processes, and the iterator state (the next index) is all a checkpoint needs. Each host
-reads only its slice `i = process_index, process_index + process_count, ...`.
+index i -> (seeded rng for i) -> a patch from the sample source -> multi-crop -> batch. The source
+is online patching (a random tissue patch from a random slide, `PatchSampler`) or a tile store
+(record perm_{i // N}(i % N), `store_source.StoreSampler`), chosen in one place,
+`training_input`; the rest of the pipeline is the same code for both. Every element is a pure
+function of (seed, i), so the stream is identical for any number of worker processes, and the
+iterator state (the next index) is all a checkpoint needs. Each host reads only its slice
+`i = process_index, process_index + process_count, ...`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import grain
@@ -20,12 +24,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from pathfm.data import index_build
+from pathfm.data import index_build, slide_qc
 from pathfm.data.augment import DinoMultiCrop, multicrop_config
 from pathfm.data.masking import batch_masks
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
 from pathfm.data.slides import SlideRecord, duplicates, find_slides
+from pathfm.data.store_source import TrainingStore, training_store
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
@@ -137,6 +142,13 @@ def build_slide_index(
     return index
 
 
+class SampleSource(Protocol):
+    """What the pipeline draws samples from: `draw(index, rng)` -> image uint8 [H, W, 3] and
+    provenance (slide, x, y, mpp, tissue, read_errors), a pure function of (index, rng)."""
+
+    def draw(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]: ...
+
+
 @dataclasses.dataclass
 class TrainingSlides:
     """What the training input is built from: the slide source (`data.slides` or the synthetic
@@ -145,6 +157,19 @@ class TrainingSlides:
     source: str
     index: TissueIndex
     sampler: PatchSampler
+
+    def probe_sampler(self, config: ml_collections.ConfigDict) -> PatchSampler:
+        """The monitor's probe sampler: without `data.patch_budget` (not the training pool)."""
+        return build_sampler(config, self.index, with_budget=False)
+
+    def slide_name(self, slide: int) -> str:
+        return self.index.path(slide)
+
+    def report(self, config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
+        """Writes <workdir>/slides.json (slide QC); returns the start-up log lines."""
+        d = config.data
+        path = Path(workdir) / "slides.json"
+        return slide_qc.write_report(self.index, d.mpps, path, self.source, d.root)
 
 
 def training_slides(
@@ -161,6 +186,22 @@ def training_slides(
     index = build_slide_index(config, source, workdir, process_index, process_count, barrier)
     log.info("%d usable slides from %s (%d rejected)", len(index), source, len(index.rejected))
     return TrainingSlides(source, index, build_sampler(config, index))
+
+
+def training_input(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path | None,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: index_build.Barrier = lambda name: None,
+) -> TrainingSlides | TrainingStore:
+    """What a run trains on, by `data.source`: its slides ("slides") or a tile store ("tfds").
+    The one place that chooses; both give `sampler`, `probe_sampler`, `slide_name`, `report`."""
+    if config.data.source == "tfds":
+        store = training_store(config)
+        log.info("%d records in tile store %s", store.sampler.size, store.source)
+        return store
+    return training_slides(config, workdir, process_index, process_count, barrier)
 
 
 def build_sampler(
@@ -248,13 +289,13 @@ class SampleAndCrop:
     hosts' slices of the stream hold different samples and their union is the 1-host stream.
     """
 
-    sampler: PatchSampler
+    sampler: SampleSource
     transform: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
     seed: int
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
         rng = sample_rng(self.seed, int(index))
-        patch = self.sampler(rng)
+        patch = self.sampler.draw(int(index), rng)
         views = self.transform(patch.pop("image"), rng)
         return {**views, **patch, "index": np.int64(index)}
 
@@ -274,11 +315,12 @@ def read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
 
 def build_train_iterator(
     config: ml_collections.ConfigDict,
-    sampler: PatchSampler,
+    sampler: SampleSource,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """This host's batches of `batch_size / process_count` examples: a checkpointable iterator."""
+    """This host's batches of `batch_size / process_count` examples: a checkpointable iterator.
+    `sampler` (slides or a tile store) is the only thing that differs between sources."""
     local_batch = config.batch_size // process_count
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
     ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
@@ -307,14 +349,16 @@ def build_train_iterator(
     return iter(ds)
 
 
-def probe_images(config: ml_collections.ConfigDict, sampler: PatchSampler) -> np.ndarray:
-    """The fixed monitoring set: uint8 [num_patches, G, G, 3] tissue patches, resized to the global
-    crop size, drawn from a seed stream disjoint from training (same seed -> same set)."""
+def probe_images(config: ml_collections.ConfigDict, sampler: SampleSource) -> np.ndarray:
+    """The fixed monitoring set: uint8 [num_patches, G, G, 3] patches, resized to the global crop
+    size, drawn from a seed stream disjoint from training (same seed -> same set). Probe sample i
+    has index STREAM_LENGTH + i, past any training index: a tile store serves it from an epoch
+    training never reaches (its tiles may still be training tiles: a store has no others)."""
     size = config.crops.global_size
     images = []
     for i in range(config.monitor.num_patches):
         rng = sample_rng(config.seed + PROBE_SEED_OFFSET, i)
-        image = sampler(rng)["image"]
+        image = sampler.draw(STREAM_LENGTH + i, rng)["image"]
         if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         images.append(image)

@@ -370,6 +370,11 @@ class PatchSampler:
             "read_errors_total, not printed)", path, key[1], error, key[1],
         )  # fmt: skip
 
+    def draw(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Sample `index` of the stream (the pipeline's `SampleSource`): all of it from `rng`."""
+        del index
+        return self(rng)
+
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One sample: image uint8 [P, P, 3], slide, level-0 x/y, mpp, tissue, read_errors."""
         errors = 0

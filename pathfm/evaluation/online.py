@@ -49,6 +49,13 @@ def online_task(config: ml_collections.ConfigDict, slide_source: str) -> tuple[s
     slides without them (the user's own) it is off, so the quick start trains on real slides as
     it is."""
     m = config.monitor
+    if m.online_task == "synthetic" and not m.online_root and config.data.source != "slides":
+        return "", (
+            "monitor.online_task='synthetic' scores the run's synthetic slides, and this run "
+            f"trains from a tile store (data.source={config.data.source!r}): the online kNN is "
+            "off. RankMe and ODCorr still run; set monitor.online_root to a synthetic slide "
+            "folder or monitor.online_task to a labelled data set for an online score"
+        )
     if m.online_task == "synthetic" and not m.online_root:
         records = find_slides(slide_source, config.data.root)
         unlabelled = next((r.path for r in records if not has_annotation(r.path)), None)

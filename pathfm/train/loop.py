@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from pathfm import parallel
-from pathfm.data import pipeline, slide_qc
+from pathfm.data import pipeline
 from pathfm.errors import TrainingStopped
 from pathfm.evaluation.monitors import monitor_metrics
 from pathfm.evaluation.online import OnlineProbe, online_task
@@ -34,7 +34,10 @@ from pathfm.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
 # What a run writes about itself; a restart from step 0 moves the old ones aside (dated).
-RECORDS = ("metrics.jsonl", "tensorboard", "config.json", "config_changes.jsonl", "slides.json")
+RECORDS = (
+    "metrics.jsonl", "tensorboard", "config.json", "config_changes.jsonl", "slides.json",
+    "store.json",
+)  # fmt: skip
 
 
 def embed_probe_set(embed, state, images: np.ndarray, batch_size: int, mesh) -> np.ndarray:
@@ -133,20 +136,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     )
 
     # ---- Input -------------------------------------------------------------------------------
-    slides = pipeline.training_slides(
+    inputs = pipeline.training_input(  # slides or a tile store: the loop's only difference
         config, workdir, jax.process_index(), jax.process_count(), distributed.barrier
     )
-    source, index, sampler = slides.source, slides.index, slides.sampler
+    sampler = inputs.sampler
     log.info("the sampler pickles to %d bytes for each input worker", len(pickle.dumps(sampler)))
     data_iter = pipeline.build_train_iterator(
         config, sampler, jax.process_index(), jax.process_count()
     )
     probe = online = None
     if config.monitor.every_steps:
-        probe = pipeline.probe_images(config, pipeline.build_sampler(config, index, False))
-        task, why_off = online_task(config, source)
+        probe = pipeline.probe_images(config, inputs.probe_sampler(config))
+        task, why_off = online_task(config, inputs.source)
         if task:
-            online = OnlineProbe(config, source)
+            online = OnlineProbe(config, inputs.source)
         elif why_off:
             log.warning(why_off)
 
@@ -166,11 +169,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     dashboard = Dashboard.from_config(config, workdir, resume_step=start, enabled=is_main)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        qc_lines = slide_qc.write_report(
-            index, config.data.mpps, workdir / "slides.json", slides.source, config.data.root
-        )
-        log.info("slides:\n  %s", "\n  ".join(qc_lines))
-    nonfinite = NonFiniteCheck(config.on_nonfinite, index.path, checkpointer.directory)
+        log.info("input:\n  %s", "\n  ".join(inputs.report(config, workdir)))
+    nonfinite = NonFiniteCheck(config.on_nonfinite, inputs.slide_name, checkpointer.directory)
     nonfinite.last_good_checkpoint = restored[0] if restored else None
 
     # ---- Loop ----------------------------------------------------------------------------------
