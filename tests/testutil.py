@@ -90,3 +90,26 @@ def run_cli(args: list[str], cache_dir, timeout: int = 600) -> subprocess.Comple
     return subprocess.run(
         args, cwd=REPO, env=cli_env(cache_dir), capture_output=True, text=True, timeout=timeout
     )
+
+
+def batch_where(batch) -> np.ndarray:
+    """int [B, 3]: each sample's (slide, x, y), where its patch came from."""
+    return np.stack([batch["slide"], batch["x"], batch["y"]], axis=1)
+
+
+def assert_iterator_state_restores(config, sampler) -> None:
+    """A pipeline iterator restored from its state after one batch yields the next two batches
+    of the uninterrupted one: the same crops from the same places."""
+    from pathfm.data import pipeline
+
+    it = pipeline.build_train_iterator(config, sampler)
+    next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    resumed = pipeline.build_train_iterator(config, sampler)
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in ("global_crops", "local_crops"):
+            np.testing.assert_array_equal(got[key], want[key])
+        np.testing.assert_array_equal(batch_where(got), batch_where(want))

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from testutil import tiny_dino_config
+from testutil import assert_iterator_state_restores, batch_where, tiny_dino_config
 
 from pathfm.data import pipeline
 
@@ -12,10 +12,6 @@ def setup(synthetic_slide_dir):
     config = tiny_dino_config(**{"data.slides": str(synthetic_slide_dir)})
     index = pipeline.build_slide_index(config, str(synthetic_slide_dir))
     return config, pipeline.build_sampler(config, index)
-
-
-def _where(batch):
-    return np.stack([batch["slide"], batch["x"], batch["y"]], axis=1)  # [B, 3]
 
 
 def test_batches_hold_uint8_multicrop_views_of_tissue(setup):
@@ -37,12 +33,12 @@ def test_same_seed_same_stream_other_seed_other_stream(setup):
     for _ in range(2):
         x, y = next(a), next(b)
         np.testing.assert_array_equal(x["global_crops"], y["global_crops"])
-        np.testing.assert_array_equal(_where(x), _where(y))
+        np.testing.assert_array_equal(batch_where(x), batch_where(y))
     other = config.copy_and_resolve_references()
     other.seed = 1
     z = next(pipeline.build_train_iterator(other, sampler))
     assert not np.array_equal(
-        _where(z), _where(next(pipeline.build_train_iterator(config, sampler)))
+        batch_where(z), batch_where(next(pipeline.build_train_iterator(config, sampler)))
     )
 
 
@@ -54,8 +50,8 @@ def test_per_host_shards_are_disjoint_and_complete(setup):
     half = config.batch_size // 2
     assert len(host0["x"]) == len(host1["x"]) == half
     # Host p holds global samples p, p + 2, p + 4, ...: together exactly the one-host batch.
-    np.testing.assert_array_equal(_where(host0), _where(single)[0::2])
-    np.testing.assert_array_equal(_where(host1), _where(single)[1::2])
+    np.testing.assert_array_equal(batch_where(host0), batch_where(single)[0::2])
+    np.testing.assert_array_equal(batch_where(host1), batch_where(single)[1::2])
     np.testing.assert_array_equal(host1["global_crops"], single["global_crops"][1::2])
 
 
@@ -73,16 +69,7 @@ def test_worker_processes_do_not_change_the_stream(setup):
 
 def test_iterator_state_restores_exactly(setup):
     config, sampler = setup
-    it = pipeline.build_train_iterator(config, sampler)
-    next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(2)]
-    resumed = pipeline.build_train_iterator(config, sampler)
-    resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
-        np.testing.assert_array_equal(got["global_crops"], want["global_crops"])
-        np.testing.assert_array_equal(_where(got), _where(want))
+    assert_iterator_state_restores(config, sampler)
 
 
 def test_probe_set_is_fixed_and_apart_from_training(setup):
@@ -100,7 +87,7 @@ def test_patch_budget_limits_training_locations_but_not_the_probe_set(
     index = pipeline.build_slide_index(config, str(synthetic_slide_dir), tmp_path)
     assert len(list((tmp_path / "slide_index" / "entries").iterdir())) == 4  # under the workdir
     it = pipeline.build_train_iterator(config, pipeline.build_sampler(config, index))
-    seen = {tuple(row) for _ in range(3) for row in _where(next(it))}
+    seen = {tuple(row) for _ in range(3) for row in batch_where(next(it))}
     assert len(seen) == 3
     probe_sampler = pipeline.build_sampler(config, index, with_budget=False)
     assert probe_sampler.budget_pool() == []

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from storeutil import label_features, png, tile_examples, tile_features, write_store
-from testutil import REPO, tiny_dino_config
+from testutil import REPO, assert_iterator_state_restores, batch_where, tiny_dino_config
 
 from pathfm.config import validate
 from pathfm.data import pipeline
@@ -89,10 +89,6 @@ def test_records_decode_to_the_stored_images_with_provenance(store):
     assert first == set(second) == set(range(N_TILES))
 
 
-def _where(batch):
-    return np.stack([batch["slide"], batch["x"], batch["y"]], axis=1)  # [B, 3]
-
-
 def test_stream_depends_on_seed_and_index_only(store):
     data_dir, _ = store
     config = _config(data_dir)
@@ -103,7 +99,7 @@ def test_stream_depends_on_seed_and_index_only(store):
     for want in a:
         got = next(it)
         np.testing.assert_array_equal(got["global_crops"], want["global_crops"])
-        np.testing.assert_array_equal(_where(got), _where(want))
+        np.testing.assert_array_equal(batch_where(got), batch_where(want))
     # 3 batches of 8 = 24 samples over 13 tiles: epoch 0 whole, then epoch 1 begins afresh
     records = np.concatenate([b["slide"] for b in a])
     assert sorted(records[:N_TILES]) == list(range(N_TILES))
@@ -120,7 +116,7 @@ def test_worker_processes_do_not_change_the_stream(store):
     for _ in range(2):
         a, b = next(straight), next(with_workers)
         np.testing.assert_array_equal(a["global_crops"], b["global_crops"])
-        np.testing.assert_array_equal(_where(a), _where(b))
+        np.testing.assert_array_equal(batch_where(a), batch_where(b))
 
 
 def test_host_shards_are_disjoint_and_make_the_one_host_stream(store):
@@ -136,23 +132,13 @@ def test_host_shards_are_disjoint_and_make_the_one_host_stream(store):
     assert not set(hosts[0]["slide"]) & set(hosts[1]["slide"])  # within epoch 0: disjoint
     for p, host in enumerate(hosts):
         np.testing.assert_array_equal(host["global_crops"], single["global_crops"][p::2])
-        np.testing.assert_array_equal(_where(host), _where(single)[p::2])
+        np.testing.assert_array_equal(batch_where(host), batch_where(single)[p::2])
 
 
 def test_iterator_state_restores_exactly(store):
     data_dir, _ = store
     config = _config(data_dir)
-    sampler = training_store(config).sampler
-    it = pipeline.build_train_iterator(config, sampler)
-    next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(2)]
-    resumed = pipeline.build_train_iterator(config, sampler)
-    resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
-        np.testing.assert_array_equal(got["local_crops"], want["local_crops"])
-        np.testing.assert_array_equal(_where(got), _where(want))
+    assert_iterator_state_restores(config, training_store(config).sampler)
 
 
 def test_dinov2_masks_and_mae_crops_come_from_the_same_pipeline(store):
