@@ -20,9 +20,10 @@ LAYERS = (
     ("pathfm.interop",),  # timm names, weights in and out
     ("pathfm.evaluation",),  # protocols as a library: RankMe/ODCorr, kNN, probes, MIL, data sets
     ("pathfm.train",),  # state, step, loop, checkpoints
-    # what users start: the config and its check, the runs, main, report, preview and plots
+    # what users start: the config and its check, the runs, main, report, preview, plots and
+    # the tile-store build
     ("pathfm.config", "pathfm.runs", "pathfm.main", "pathfm.report", "pathfm.preview",
-     "pathfm.visualization"),
+     "pathfm.visualization", "pathfm.build_tile_store"),
 )  # fmt: skip
 SOURCES = sorted((REPO / "pathfm").rglob("*.py"))
 
