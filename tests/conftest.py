@@ -16,6 +16,35 @@ import openslide
 import pytest
 from testutil import TEST_SLIDES
 
+# The longest test files (minutes each on 2 cores), run first: pytest-xdist's --dist loadfile
+# hands out files in collection order, so starting with these leaves the short files to even out
+# the workers at the end instead of one worker finishing a long file alone.
+LONGEST_FIRST = (
+    "evaluation/test_pretraining_helps.py",
+    "benchmarks/test_gpu_check.py",
+    "test_multiprocess.py",
+    "train/test_sharding.py",
+    "test_cli.py",
+    "ssl/test_ibot_buffer.py",
+    "train/test_train_from_store.py",
+    "benchmarks/test_slide_index.py",
+    "test_notebook.py",
+    "test_eva.py",
+)
+
+
+def _rank(item) -> int:
+    path = item.path.as_posix()
+    return next(
+        (i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)),
+        len(LONGEST_FIRST),
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The LONGEST_FIRST files first, in that order; the rest as collected."""
+    items.sort(key=_rank)  # stable: each file's tests keep their order
+
 
 @pytest.fixture(scope="session")
 def synthetic_slide_dir(tmp_path_factory) -> Path:
