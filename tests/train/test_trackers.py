@@ -5,6 +5,7 @@ continues the same tracker runs; bad keys and a missing package stop before any 
 import json
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -176,11 +177,18 @@ def test_the_resumed_run_continues_the_same_tracker_runs(run, tmp_path):
 # ---- The trackers on their own ---------------------------------------------------------------
 
 
+def _next_wall_clock_second():
+    """W&B names an offline run's folder `offline-run-<YYYYmmdd_HHMMSS>-<run id>`: a resumed run
+    started in the same second as the run it resumes would write into that run's folder."""
+    time.sleep(1 - time.time() % 1 + 0.01)
+
+
 def test_a_run_from_step_0_starts_new_tracker_runs_and_a_resumed_one_reopens(tmp_path):
     config = {"a": 1, "b": {"c": [1, 2]}, "long": "x" * 10_000}
     wandb = WandbTracker(tmp_path, config, "pathfm", "offline", resume=False)
     wandb.log(1, {"loss/total": 2.0})
     wandb.close()
+    _next_wall_clock_second()
     again = WandbTracker(tmp_path, config, "pathfm", "offline", resume=True)
     again.log(2, {"loss/total": 1.0})
     again.close(failed=True)
