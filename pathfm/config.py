@@ -161,7 +161,9 @@ def base_config() -> ml_collections.ConfigDict:
     # (pathfm.data.workers); 0 reads in the main process (the quick start, the tests)
     c.data.num_workers = ml_collections.FieldReference("auto", field_type=object)
     c.data.tile_cache_mb = 256  # decoded JPEG tiles kept per process (LRU, MiB); 0 = off
-    c.data.read_threads = 4  # threads per process assembling batches (<= prefetch_batches)
+    # threads per reading process, each assembling one batch (<= prefetch_batches); "auto" =
+    # the host's cores spread over the reading processes, 1-4 each (pathfm.data.workers)
+    c.data.read_threads = ml_collections.FieldReference("auto", field_type=object)
     c.data.prefetch_batches = 4  # batches read ahead per process (bounds host memory)
     c.data.dedupe = True  # a slide listed twice counts once (False: listing again weights it)
     c.data.root = ""  # folder relative slide paths are resolved against (and stored under)

@@ -417,11 +417,26 @@ def solarize(image: np.ndarray, threshold: int = 128, out: np.ndarray | None = N
     return _into(cv2.LUT(image, lut, dst=out), out)
 
 
-_ROTATE_CCW = {
-    1: cv2.ROTATE_90_COUNTERCLOCKWISE,
-    2: cv2.ROTATE_180,
-    3: cv2.ROTATE_90_CLOCKWISE,
-}
+def orient_inplace(image: np.ndarray, hflip: bool, vflip: bool, k: int) -> None:
+    """``image[...] = np.rot90(flipped, k)`` (counter-clockwise quarter turns) of the flipped
+    square uint8 [S, S, C] ``image``, as one OpenCV transpose and/or flip. With R = rot90 = flip
+    rows after a transpose T: R F = flip rows, swap(F), T; R^2 = flip both; R^3 F = flip columns,
+    swap(F), T, where swap(F) exchanges the row and column flips of F (T F = swap(F) T)."""
+    h, v = hflip, vflip  # column flip (cv2 code 1), row flip (code 0)
+    transpose = k % 2 == 1
+    if transpose:
+        h, v = v, h
+    if k == 1:
+        v = not v
+    elif k == 2:
+        h, v = not h, not v
+    elif k == 3:
+        h = not h
+    source = cv2.transpose(image) if transpose else image
+    if h or v:
+        cv2.flip(source, -1 if h and v else (1 if h else 0), dst=image)
+    elif transpose:
+        image[...] = source
 
 
 class DinoMultiCrop:
@@ -466,12 +481,8 @@ class DinoMultiCrop:
         random_resized_crop(image, out.shape[0], scale, cfg.ratio, rng, out=out)
         hflip = rng.random() < cfg.hflip_p
         vflip = rng.random() < cfg.vflip_p
-        if hflip or vflip:
-            cv2.flip(out, -1 if hflip and vflip else (1 if hflip else 0), dst=out)
-        if cfg.rot90:
-            k = int(rng.random() * 4)
-            if k:  # counter-clockwise by k quarter turns, as np.rot90; cv2 is ~10x faster
-                out[...] = cv2.rotate(out, _ROTATE_CCW[k])
+        k = int(rng.random() * 4) if cfg.rot90 else 0  # counter-clockwise quarter turns
+        orient_inplace(out, hflip, vflip, k)
         if not cfg.photometric_on_host:
             return
         colour = cfg.photometric

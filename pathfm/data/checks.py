@@ -47,10 +47,16 @@ def check_data_config(c: ml_collections.ConfigDict) -> None:
     require(d.patch_budget >= 0, "data.patch_budget", "must be >= 0 (0 = unlimited)")
     require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
     require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
-    require(d.read_threads >= 1, "data.read_threads", "must be >= 1")
-    require(d.tile_cache_mb >= 0, "data.tile_cache_mb", "must be >= 0 (0 = no tile cache)")
+    auto_threads = d.read_threads == "auto"
     require(
-        d.prefetch_batches >= d.read_threads,
+        auto_threads or (isinstance(d.read_threads, int) and d.read_threads >= 1),
+        "data.read_threads",
+        f"must be 'auto' or a whole number >= 1, got {d.read_threads!r}",
+    )
+    require(d.tile_cache_mb >= 0, "data.tile_cache_mb", "must be >= 0 (0 = no tile cache)")
+    require(d.prefetch_batches >= 1, "data.prefetch_batches", "must be >= 1")
+    require(
+        auto_threads or d.prefetch_batches >= d.read_threads,
         "data.prefetch_batches",
         f"must be >= data.read_threads ({d.read_threads}): a thread assembles one batch",
     )

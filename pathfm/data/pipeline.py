@@ -26,6 +26,7 @@ from absl import flags
 
 from pathfm.data import index_build, slide_qc
 from pathfm.data.augment import DinoMultiCrop, multicrop_config
+from pathfm.data.host_memory import keep_freed_memory
 from pathfm.data.masking import batch_masks
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
 from pathfm.data.single_crop import SingleCrop
@@ -34,7 +35,7 @@ from pathfm.data.store_source import TrainingStore, training_store
 from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import TissueIndex
-from pathfm.data.workers import resolve_num_workers
+from pathfm.data.workers import resolve_num_workers, resolve_read_threads
 
 log = logging.getLogger(__name__)
 
@@ -301,16 +302,17 @@ class SampleAndCrop:
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
-    """One OpenCV thread per worker process: the workers already use every core."""
+    """One OpenCV thread per worker process (the workers already use every core), and freed
+    buffers kept for the next samples (`pathfm.data.host_memory`)."""
     del worker_index, worker_count
     cv2.setNumThreads(1)
+    keep_freed_memory()
 
 
-def read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    """Read-ahead in whole batches: `data.read_threads` threads, `data.prefetch_batches` batches
-    buffered per process (grain's default, 500 elements, is 130 GB of kaiko-size batches)."""
-    d = config.data
-    return grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch_batches)
+def read_options(config: ml_collections.ConfigDict, threads: int) -> grain.ReadOptions:
+    """Read-ahead in whole batches: `threads` threads, `data.prefetch_batches` batches buffered
+    per process (grain's default, 500 elements, is 130 GB of kaiko-size batches)."""
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=config.data.prefetch_batches)
 
 
 def build_train_iterator(
@@ -322,9 +324,15 @@ def build_train_iterator(
     """This host's batches of `batch_size / process_count` examples: a checkpointable iterator.
     `sampler` (slides or a tile store) is the only thing that differs between sources."""
     local_batch = config.batch_size // process_count
+    workers = resolve_num_workers(config, process_count)
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
     ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
     ds = ds.batch(local_batch, drop_remainder=True)
+    if workers.num_workers > 0:
+        # Workers stack each batch straight into shared memory, which the main process maps:
+        # no second copy of every batch. grain does this on its own only when the batch is the
+        # last transformation before mp_prefetch; here the read-ahead (and masks) come after it.
+        ds.enable_shared_memory_output()
     if config.method == "dinov2":
         grid = config.crops.global_size // config.model.patch_size
         ds = ds.map(
@@ -336,9 +344,12 @@ def build_train_iterator(
                 groups=jax.local_device_count(),  # one draw per device's shard
             )
         )
-    ds = ds.to_iter_dataset(read_options(config))
-    workers = resolve_num_workers(config, process_count)
-    log.info("input: %d grain worker process(es) (%s)", workers.num_workers, workers.reason)
+    threads = resolve_read_threads(config, workers.num_workers)
+    ds = ds.to_iter_dataset(read_options(config, threads.threads))
+    log.info(
+        "input: %d grain worker process(es) (%s), %d read thread(s) each (%s)",
+        workers.num_workers, workers.reason, threads.threads, threads.reason,
+    )  # fmt: skip
     if workers.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read their options from absl's flags
             flags.FLAGS.mark_as_parsed()
@@ -346,6 +357,8 @@ def build_train_iterator(
             num_workers=workers.num_workers, per_worker_buffer_size=1
         )
         ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
+    else:
+        keep_freed_memory()  # the main process reads
     return iter(ds)
 
 

@@ -1,6 +1,7 @@
-"""How many grain worker processes read the input: `data.num_workers`, where "auto" means one per
-host core but one (the main process feeds the accelerator), capped by the host memory the
-workers' bounded read-ahead needs.
+"""How many grain worker processes read the input, and how many threads each: `data.num_workers`,
+where "auto" means one per host core but one (the main process feeds the accelerator), capped by
+the host memory the workers' bounded read-ahead needs; `data.read_threads`, where "auto" spreads
+the host's cores over the reading processes (one thread in each of one-per-core workers).
 
 A DINO ViT-S/16 step on an H100 consumes about 3,000 samples/s and one process reads a few
 hundred, so the paper configs need every core; the quick start and the tests read in the main
@@ -15,6 +16,7 @@ import os
 import ml_collections
 
 AUTO = "auto"
+MAX_READ_THREADS = 4  # "auto" read threads in one process, at most
 WORKER_BASE_BYTES = 400 << 20  # a worker's own footprint: Python, NumPy, OpenCV, open slides
 MEMORY_SHARE = 0.5  # of the memory available when the run starts, at most, for the workers
 
@@ -24,6 +26,14 @@ class WorkerChoice:
     """The resolved worker count and why (logged by the training loop)."""
 
     num_workers: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadChoice:
+    """The resolved read threads per reading process and why (logged with the workers)."""
+
+    threads: int
     reason: str
 
 
@@ -101,3 +111,26 @@ def resolve_num_workers(
     if fit < wanted:
         reason += f": memory allows {fit}"
     return WorkerChoice(min(wanted, fit), reason)
+
+
+def resolve_read_threads(
+    config: ml_collections.ConfigDict, num_workers: int, cores: int | None = None
+) -> ThreadChoice:
+    """`data.read_threads` as a number: itself when it is one, else (AUTO) the host's cores
+    spread over the processes that read: the main process alone may use them all, workers share
+    all cores but the main process's; 1 to MAX_READ_THREADS threads a process, at most
+    `data.prefetch_batches`. A worker with a core to itself reads best on one thread: on 2
+    cores, one worker with 4 threads spent 1.5x the CPU per sample of one with 1 thread
+    (GIL hand-offs between threads; docs/benchmarks.md). Slow storage (network file systems)
+    hides its latency with more threads: set the number."""
+    setting = config.data.read_threads
+    if setting != AUTO:
+        return ThreadChoice(int(setting), f"data.read_threads={setting}")
+    cores = host_cores() if cores is None else cores
+    if num_workers == 0:
+        share, where = cores, f"{cores} cores, the main process reads"
+    else:
+        share = max(cores - 1, 1) // num_workers
+        where = f"{cores} cores, 1 for the main process, {num_workers} worker(s)"
+    threads = max(1, min(share, MAX_READ_THREADS, config.data.prefetch_batches))
+    return ThreadChoice(threads, f"auto: {where}")

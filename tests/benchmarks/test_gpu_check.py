@@ -21,7 +21,10 @@ def report(monkeypatch):
     return gpu_report
 
 
-def test_tiny_check_runs_every_stage_from_any_folder(tmp_path):
+def test_tiny_check_runs_every_stage_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import train_step
+
     out = tmp_path / "out"
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])  # the venv
     env = dict(os.environ, PATH=path)
@@ -49,8 +52,22 @@ def test_tiny_check_runs_every_stage_from_any_folder(tmp_path):
     assert {r["setup"] for r in skipped} == {"dinov2_vitl14", "mae_vitl16"} and len(skipped) == 6
 
     (fed,) = record["input"]
-    assert fed["setup"] == "dino_vits16" and fed["step_ms"] > 0
+    assert fed["setup"] == "dino_vits16" and fed["step_ms"] > 0 and fed["num_workers"] == 0
     assert 0 <= fed["input_wait_frac"] <= 1
+    # Each stage's own train_step.py record (this run is also the tiny train-step benchmark's).
+    analytic = {}
+    for setup in SETUPS:
+        (first, *_) = json.loads((out / f"{setup}.json").read_text())["results"]
+        assert first["per_device_batch"] == train_step.TINY_BATCH and first["mfu"] is None
+        assert 0 < first["step_ms_min"] <= first["step_ms"] and math.isfinite(first["loss"])
+        expected = 1e3 * train_step.TINY_BATCH / first["step_ms"]
+        assert first["images_per_s_per_device"] == pytest.approx(expected)
+        # XLA adds the elementwise work (norms, softmax, AdamW) to the analytic matmul count.
+        assert first["model_flops"] == first["xla_flops"] > 0
+        assert 0.8 < first["xla_flops"] / first["analytic_flops"] < 2.0
+        analytic[setup] = first["analytic_flops"]
+    # DINOv2 runs the same ViT on the same crops as DINO, plus the iBOT head on masked tokens.
+    assert analytic["dinov2_vitl14"] > analytic["dino_vits16"]
     assert (out / "slides").is_dir()  # made in the background, read by the input-included run
 
     goals = record["goals"]

@@ -283,6 +283,17 @@ def test_flips_and_rotations() -> None:
     assert seen == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("hflip", [False, True])
+@pytest.mark.parametrize("vflip", [False, True])
+def test_orient_is_the_flips_then_counterclockwise_quarter_turns(hflip, vflip, k) -> None:
+    img = _rng(k).integers(0, 256, (5, 5, 3), dtype=np.uint8)  # no symmetry to hide a mistake
+    flipped = img[:: -1 if vflip else 1, :: -1 if hflip else 1]
+    out = img.copy()
+    A.orient_inplace(out, hflip, vflip, k)
+    np.testing.assert_array_equal(out, np.rot90(flipped, k))
+
+
 def test_grayscale_probability() -> None:
     img = np.zeros((8, 8, 3), np.uint8)
     img[..., 0], img[..., 1] = 200, 40  # strongly coloured everywhere

@@ -8,7 +8,12 @@ from testutil import REPO, tiny_dino_config
 import pathfm.main
 from pathfm.config import base_config
 from pathfm.data import checks, pipeline
-from pathfm.data.workers import WORKER_BASE_BYTES, batch_bytes, resolve_num_workers
+from pathfm.data.workers import (
+    WORKER_BASE_BYTES,
+    batch_bytes,
+    resolve_num_workers,
+    resolve_read_threads,
+)
 from pathfm.errors import ConfigError
 
 GIB = 1 << 30
@@ -48,11 +53,34 @@ def test_auto_takes_every_core_but_one_within_the_memory_share():
     assert batch_bytes(config) == 64 * 3 * 224**2
 
 
-@pytest.mark.parametrize("bad", [-1, "many", 1.5])
-def test_bad_worker_settings_stop_before_any_work(bad):
+def test_auto_read_threads_spread_the_cores_over_the_reading_processes():
     config = base_config()
-    config.data.num_workers = bad
-    with pytest.raises(ConfigError, match=r"data\.num_workers"):
+    assert config.data.read_threads == "auto" and config.data.prefetch_batches == 4
+    assert resolve_read_threads(config, num_workers=15, cores=16).threads == 1
+    assert resolve_read_threads(config, num_workers=1, cores=2).threads == 1
+    assert resolve_read_threads(config, num_workers=5, cores=16).threads == 3
+    assert resolve_read_threads(config, num_workers=1, cores=16).threads == 4  # at most 4
+    main_only = resolve_read_threads(config, num_workers=0, cores=2)
+    assert main_only.threads == 2 and "the main process reads" in main_only.reason
+    config.data.prefetch_batches = 2  # a thread assembles one buffered batch
+    assert resolve_read_threads(config, num_workers=0, cores=16).threads == 2
+    config.data.read_threads = 3
+    assert resolve_read_threads(config, num_workers=15, cores=16).threads == 3  # as asked
+    load = pathfm.main.load_config
+    quick = str(REPO / "configs/quickstart.py")
+    assert load(quick, ["data.read_threads=2"]).data.read_threads == 2
+    assert load(quick, ["data.read_threads=auto"]).data.read_threads == "auto"
+
+
+@pytest.mark.parametrize(
+    "key, bad",
+    [("num_workers", -1), ("num_workers", "many"), ("num_workers", 1.5), ("read_threads", 0),
+     ("read_threads", "most"), ("read_threads", 2.5), ("prefetch_batches", 0)],
+)  # fmt: skip
+def test_bad_worker_settings_stop_before_any_work(key, bad):
+    config = base_config()
+    config.data[key] = bad
+    with pytest.raises(ConfigError, match=rf"data\.{key}"):
         checks.check_data_config(config)
 
 
@@ -63,6 +91,7 @@ def test_the_pipeline_logs_its_choice(synthetic_slide_dir, caplog):
     with caplog.at_level(logging.INFO, logger="pathfm.data.pipeline"):
         next(pipeline.build_train_iterator(config, sampler))
     assert "input: 0 grain worker process(es) (data.num_workers=0)" in caplog.text
+    assert "read thread(s) each (auto: " in caplog.text
 
 
 def test_the_tile_cache_size_reaches_the_reader(synthetic_slide_dir):

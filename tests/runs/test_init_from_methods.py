@@ -1,9 +1,10 @@
 """`model.init_from` for every method and every architecture pathfm exports, through the command
-line: DINO, DINOv2 with registers (a file without DINOv2's iBOT mask_token), SwiGLU + LayerScale,
-and MAE each start from timm weights and train a few real steps in `python -m pathfm.main`; the
-runs export (in-process, as the export command does) and the exports load in timm strictly. The
-state they start from holds the file's weights, and no two of its leaves share a buffer (the
-train step donates the state: a shared buffer would be donated twice)."""
+line: DINO, DINOv2 with registers, SwiGLU and LayerScale (a file without DINOv2's iBOT
+mask_token), and MAE each start from timm weights and train a few real steps in
+`python -m pathfm.main`; the runs export (in-process, as the export command does) and the
+exports load in timm strictly. The state they start from holds the file's weights, and no two of
+its leaves share a buffer (the train step donates the state: a shared buffer would be donated
+twice)."""
 
 import json
 import os
@@ -29,9 +30,8 @@ torch = pytest.importorskip("torch")
 # (experiment config:quick, --config overrides giving the architecture)
 CASES = {
     "dino": ("configs/dino_vits16.py:quick", []),
-    "dinov2_reg4": ("configs/kaiko_dinov2_vitl14_reg4.py:quick", []),
-    "dinov2_swiglu_layerscale": (
-        "configs/dinov2_vitl16.py:quick",
+    "dinov2_reg4_swiglu_layerscale": (  # one run for the three DINOv2 architecture options
+        "configs/kaiko_dinov2_vitl14_reg4.py:quick",
         ["model.ffn=swiglu", "model.layer_scale_init=1e-5"],
     ),
     "mae": ("configs/campanella_mae_vitl16.py:quick", []),
