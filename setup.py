@@ -54,7 +54,7 @@ setup(
         "bench": BENCH,
         "test": [
             "pytest>=8",
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.6",  # --no-loadscope-reorder
             "ruff>=0.6",
             "scikit-learn>=1.4",
             "tensorflow-datasets>=4.9.10",  # the TFDS adapter's tests build a real TFDS data set

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from input_pipeline import cpu_seconds
+from input_pipeline import cpu_seconds, cpu_used
 
 from pathfm.build_tile_store import beam_options, build
 from pathfm.config import base_config
@@ -53,10 +53,11 @@ def pipeline_rate(config, batches: int) -> dict:
     cpu, start = cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         next(it)
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    seconds, cpu = time.perf_counter() - start, sum(cpu_used(cpu).values())
     samples = batches * config.batch_size
     del it
-    return {"samples_per_s": samples / seconds, "per_cpu_s": samples / cpu, "cpu_s": cpu}
+    per_cpu_s = samples / cpu if cpu > 0 else float("nan")  # no psutil: not measured
+    return {"samples_per_s": samples / seconds, "per_cpu_s": per_cpu_s, "cpu_s": cpu}
 
 
 def grid_cell(index, slide: int, mpp: float, x: int, y: int) -> tuple:

@@ -211,6 +211,11 @@ def cpu_seconds() -> dict[int, float]:
     return times
 
 
+def cpu_used(before: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each process (this one, its children) used since `before` = cpu_seconds()."""
+    return {pid: t - before.get(pid, 0.0) for pid, t in cpu_seconds().items()}
+
+
 def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dict]:
     """(c): samples/s of the full pipeline (multi-crop on the host, colour on the device), and
     per core: samples per CPU second of the main process and its workers together (read threads
@@ -232,8 +237,7 @@ def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dic
         before, start = cpu_seconds(), time.perf_counter()
         for _ in range(batches):
             next(it)
-        seconds, after = time.perf_counter() - start, cpu_seconds()
-        used = {pid: t - before.get(pid, 0.0) for pid, t in after.items()}
+        seconds, used = time.perf_counter() - start, cpu_used(before)
         cpu, main_cpu = sum(used.values()), used.get(os.getpid(), 0.0)
         samples = batches * config.batch_size
         per_core = samples / cpu if cpu > 0 else samples / seconds / max(n, 1)

@@ -1,10 +1,13 @@
-"""Shared fixtures. Eight CPU devices are emulated so sharded code paths run for real, and
-compiled programs are cached on disk for the session: many tests compile the same tiny step."""
+"""Shared fixtures. Eight CPU devices are emulated so sharded code paths run for real, XLA
+compiles without LLVM's optimisation passes (testutil.FAST_COMPILE_FLAGS), and compiled programs
+are cached on disk for the session: many tests compile the same tiny step."""
 
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from testutil import TEST_SLIDES, xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(devices=8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="pathfm-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -14,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-from testutil import TEST_SLIDES
 
-# The longest test files (minutes each on 2 cores), run first: pytest-xdist's --dist loadfile
-# hands out files in collection order, so starting with these leaves the short files to even out
-# the workers at the end instead of one worker finishing a long file alone.
+# The longest test files (minutes each on 2 cores), run first: with --no-loadscope-reorder
+# (pytest.ini) pytest-xdist's --dist loadfile hands out files in collection order, so starting
+# with these leaves the short files to even out the workers at the end instead of one worker
+# finishing a long file alone. (By default xdist would order files by their number of tests.)
 LONGEST_FIRST = (
     "evaluation/test_pretraining_helps.py",
     "benchmarks/test_gpu_check.py",

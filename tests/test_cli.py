@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from testutil import REPO
+from testutil import REPO, xla_flags
 
 from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
@@ -40,7 +40,7 @@ TINY = [  # DINO (the quick start runs DINOv2): resume does not depend on the me
 
 def _env(tmp_path):
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one device, as a user's CPU run
+    env["XLA_FLAGS"] = xla_flags()  # one device, as a user's CPU run
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path.parent / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env

@@ -39,7 +39,7 @@ def test_prepare_config_needs_slides_and_valid_data_keys(tmp_path):
     config.data.root = str(tmp_path / "not_there")
     with pytest.raises(ConfigError, match=r"config\.data\.root"):
         validate_prepare(config)
-    config.data.root, config.data.prefetch_batches = "", 1
+    config.data.root, config.data.read_threads, config.data.prefetch_batches = "", 2, 1
     with pytest.raises(ConfigError, match=r"config\.data\.prefetch_batches"):
         validate_prepare(config)
 

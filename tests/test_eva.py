@@ -34,7 +34,7 @@ import torch
 import yaml
 from interop.timm_util import arch_config, make_run
 from omegaconf import OmegaConf
-from testutil import TEST_SLIDES
+from testutil import TEST_SLIDES, xla_flags
 
 from pathfm.interop.eva_configs import TASKS, write_eva_configs
 from pathfm.interop.timm_export import export_backbone
@@ -223,7 +223,7 @@ def test_eva_predict_fit_runs_the_written_mhist_config(export, patches, tmp_path
     config = tmp_path / "mhist.yaml"
     config.write_text(text.replace("eva.vision.datasets.MHIST", "tiny_mhist.TinyMHIST"))
     (tmp_path / "no_workers.yaml").write_text(NO_WORKERS)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=xla_flags())
     env.update(
         PYTHONPATH=str(tmp_path),
         HF_HUB_OFFLINE="1",

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from testutil import REPO
+from testutil import REPO, xla_flags
 
 from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
@@ -52,7 +52,7 @@ def _launch_pair(workdir: Path, slides: Path, cache: Path) -> list[subprocess.Po
     port = _free_port()
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=xla_flags(devices=2),
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

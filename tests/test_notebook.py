@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from testutil import REPO
+from testutil import REPO, xla_flags
 
 NOTEBOOK = REPO / "notebooks" / "pathfm_tour.ipynb"
 KERNEL = "pathfm-tour-test"
@@ -48,7 +48,7 @@ def test_notebook_runs_end_to_end_on_the_tiny_configuration(tmp_path, monkeypatc
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # One CPU device, not the eight the test session emulates: the tiny run compiles faster.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags())
     nb = _read()
     client = NotebookClient(
         nb,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testutil import REPO, tiny_dino_config
+from testutil import REPO, tiny_dino_config, xla_flags
 
 from pathfm.data import index_build, pipeline, slides, tissue
 from pathfm.data.tissue_index import TissueIndex
@@ -36,7 +36,7 @@ def many_slides(tmp_path_factory, synthetic_slide_dir):
 def _env(tmp_path, devices=1):
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

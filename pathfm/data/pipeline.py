@@ -328,10 +328,11 @@ def build_train_iterator(
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
     ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
     ds = ds.batch(local_batch, drop_remainder=True)
-    if workers.num_workers > 0:
+    if workers.num_workers > 0 and hasattr(ds, "enable_shared_memory_output"):
         # Workers stack each batch straight into shared memory, which the main process maps:
         # no second copy of every batch. grain does this on its own only when the batch is the
         # last transformation before mp_prefetch; here the read-ahead (and masks) come after it.
+        # (grain releases without it copy each batch into shared memory instead.)
         ds.enable_shared_memory_output()
     if config.method == "dinov2":
         grid = config.crops.global_size // config.model.patch_size

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from testutil import REPO
+from testutil import REPO, xla_flags
 
 SETUPS = {"dino_vits16", "dinov2_vitl14", "mae_vitl16"}
 
@@ -28,7 +28,7 @@ def test_tiny_check_runs_every_stage_from_any_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])  # the venv
     env = dict(os.environ, PATH=path)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as on one GPU
+    env["XLA_FLAGS"] = xla_flags()  # one CPU device, as on one GPU
     cmd = ["bash", str(REPO / "benchmarks/gpu_check.sh"), "--tiny", "--out", str(out)]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from testutil import REPO, tiny_dino_config
+from testutil import REPO, tiny_dino_config, xla_flags
 
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
@@ -61,7 +61,7 @@ def run(tmp_path_factory, synthetic_slide_dir, weights):
     train(config, workdir)
     output = workdir.parent / "export"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     keys = [f"--config.checkpoint={workdir}", f"--config.output={output}"]
     out = subprocess.run(
         [sys.executable, "-m", "pathfm.main", "--config", "configs/export.py", *keys],
@@ -235,7 +235,7 @@ assert "torch" not in sys.modules, "torch was imported"
 print("ok")
 """
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO / "tests")}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 from interop.timm_util import make_run, timm_model
-from testutil import REPO
+from testutil import REPO, xla_flags
 
 from pathfm import parallel
 from pathfm.interop.timm_export import export_backbone
@@ -78,7 +78,7 @@ def test_init_from_trains_and_exports_through_the_cli(name, tmp_path, synthetic_
     workdir, export = tmp_path / "run", tmp_path / "export"
     path, overrides = CASES[name]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     flags = [f"--config.{o}" for o in [*overrides, f"data.slides={synthetic_slide_dir}", *SHORT]]
     train = [sys.executable, "-m", "pathfm.main", "--config", path, "--workdir", str(workdir)]
     out = subprocess.run(
