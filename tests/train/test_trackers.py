@@ -60,12 +60,13 @@ def wandb_records(path):
     return records
 
 
-def wandb_offline_runs(workdir):
-    """[(run id, display name, config, {step: {key: value}})] of <workdir>/wandb, oldest first."""
+def _wandb_offline_logs(workdir):
+    """[(run id, display name, config, {step: {key: value}}, finished)] of <workdir>/wandb,
+    oldest first; finished: the log ends with W&B's exit record."""
     runs = []
     for path in workdir.glob("wandb/offline-run-*/run-*.wandb"):
         run_id = name = None
-        start, config, history = 0, {}, {}
+        start, config, history, finished = 0, {}, {}, False
         for record in wandb_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
@@ -76,8 +77,26 @@ def wandb_offline_runs(workdir):
                 items = record.history.item
                 row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
                 history[row["_step"]] = row
-        runs.append((start, run_id, name, config, history))
+            finished |= kind == "exit"
+        runs.append((start, run_id, name, config, history, finished))
     return [run[1:] for run in sorted(runs)]
+
+
+def wandb_offline_runs(workdir, count, timeout=60.0):
+    """[(run id, display name, config, {step: {key: value}})] of <workdir>/wandb, oldest first,
+    once `count` run logs are complete: `finish` can return while W&B's service process is still
+    writing the newest log (CI read one without its run record)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            runs = _wandb_offline_logs(workdir)
+        except AssertionError:  # a chunk being written: its CRC does not match yet
+            if time.monotonic() > deadline:
+                raise
+            runs = []
+        if (len(runs) == count and all(r[-1] for r in runs)) or time.monotonic() > deadline:
+            return [r[:-1] for r in runs]
+        time.sleep(0.2)
 
 
 def mlflow_client(workdir):
@@ -127,7 +146,7 @@ def test_both_trackers_log_what_metrics_jsonl_holds(run):
     workdir, _ = run
     records = read_metrics(workdir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
-    runs = wandb_offline_runs(workdir)
+    runs = wandb_offline_runs(workdir, count=2)
     assert len(runs) == 2  # the first run and its resumption, synced as one W&B run
     history = {**runs[0][3], **runs[1][3]}
     assert sorted(runs[0][3]) == [1, 2, 3] and sorted(runs[1][3]) == [4, 5, 6]
@@ -156,7 +175,7 @@ def test_both_trackers_log_what_metrics_jsonl_holds(run):
 def test_the_resumed_run_continues_the_same_tracker_runs(run, tmp_path):
     workdir, first = run
     assert {name: (workdir / name).read_text() for name in first} == first
-    runs = wandb_offline_runs(workdir)
+    runs = wandb_offline_runs(workdir, count=2)
     assert {r[0] for r in runs} == {first[WANDB_ID_FILE]}
     assert {r[1] for r in runs} == {workdir.name}
     assert runs[0][2]["batch_size"] == 8 and runs[1][2]["dashboard"]["wandb_mode"] == "offline"
@@ -194,7 +213,7 @@ def test_a_run_from_step_0_starts_new_tracker_runs_and_a_resumed_one_reopens(tmp
     again.close(failed=True)
     fresh = WandbTracker(tmp_path, config, "pathfm", "offline", resume=False)
     fresh.close()
-    ids = [r[0] for r in wandb_offline_runs(tmp_path)]
+    ids = [r[0] for r in wandb_offline_runs(tmp_path, count=3)]
     assert ids[0] == ids[1] != ids[2] == (tmp_path / WANDB_ID_FILE).read_text()
 
     mlflow = MlflowTracker(tmp_path, config, "", "exp", resume=False)
