@@ -44,6 +44,7 @@ from pathfm.data.mask_cache import SlideInfo
 from pathfm.data.sampler import PatchSampler
 from pathfm.data.tissue import TissueConfig
 from pathfm.data.tissue_index import IndexWriter, SlideGeometry, TissueIndex, publish
+from pathfm.data.workers import resolve_read_threads
 
 MASK_SHAPE = (2500, 3125)  # (h, w) at 8 um/px
 WIDTH, HEIGHT, MPP, MASK_MPP = 100_000, 80_000, 0.25, 8.0
@@ -300,7 +301,7 @@ def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int) -> d
         "pipeline_workers": workers,
         "pipeline_batches_read": batches,
         "pipeline_batch_bytes": nbytes,
-        "pipeline_read_threads": config.data.read_threads,
+        "pipeline_read_threads": resolve_read_threads(config, workers).threads,
         "pipeline_prefetch_batches": config.data.prefetch_batches,
         "pipeline_s": time.perf_counter() - t0,
     }

@@ -30,6 +30,7 @@ def test_slide_index_benchmark_runs_and_writes_json(tmp_path):
         assert 20_000 < run["disk_bytes_per_slide"] < 256 * 1024  # runs of a TCGA-like mask
         assert run["listed"] == [run["slides"], run["slides"]]  # manifest and recursive glob
     assert result["build"]["build_sample_slides"] == 10
+    assert result["pipeline"]["pipeline_read_threads"] >= 1  # resolved from "auto"
     assert result["pipeline_peak_rss_bytes_batch512"] > result["pipeline"]["pipeline_batch_bytes"]
     assert result["extrapolated"]["slides"] == 423_000
 
