@@ -108,6 +108,13 @@ def batch_where(batch) -> np.ndarray:
     return np.stack([batch["slide"], batch["x"], batch["y"]], axis=1)
 
 
+def assert_same_batch(got, want, crops=("global_crops",)) -> None:
+    """Two pipeline batches hold the same `crops` from the same places (slide, x, y)."""
+    for key in crops:
+        np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_array_equal(batch_where(got), batch_where(want))
+
+
 def assert_iterator_state_restores(config, sampler) -> None:
     """A pipeline iterator restored from its state after one batch yields the next two batches
     of the uninterrupted one: the same crops from the same places."""
@@ -120,7 +127,4 @@ def assert_iterator_state_restores(config, sampler) -> None:
     resumed = pipeline.build_train_iterator(config, sampler)
     resumed.set_state(state)
     for want in expected:
-        got = next(resumed)
-        for key in ("global_crops", "local_crops"):
-            np.testing.assert_array_equal(got[key], want[key])
-        np.testing.assert_array_equal(batch_where(got), batch_where(want))
+        assert_same_batch(next(resumed), want, crops=("global_crops", "local_crops"))

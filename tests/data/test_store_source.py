@@ -9,7 +9,13 @@ import cv2
 import numpy as np
 import pytest
 from storeutil import label_features, png, tile_examples, tile_features, write_store
-from testutil import REPO, assert_iterator_state_restores, batch_where, tiny_dino_config
+from testutil import (
+    REPO,
+    assert_iterator_state_restores,
+    assert_same_batch,
+    batch_where,
+    tiny_dino_config,
+)
 
 from pathfm.config import validate
 from pathfm.data import pipeline
@@ -97,9 +103,7 @@ def test_stream_depends_on_seed_and_index_only(store):
     again = pickle.loads(pickle.dumps(sampler))  # as a grain worker process receives it
     it = pipeline.build_train_iterator(config, again)
     for want in a:
-        got = next(it)
-        np.testing.assert_array_equal(got["global_crops"], want["global_crops"])
-        np.testing.assert_array_equal(batch_where(got), batch_where(want))
+        assert_same_batch(next(it), want)
     # 3 batches of 8 = 24 samples over 13 tiles: epoch 0 whole, then epoch 1 begins afresh
     records = np.concatenate([b["slide"] for b in a])
     assert sorted(records[:N_TILES]) == list(range(N_TILES))
@@ -114,9 +118,7 @@ def test_worker_processes_do_not_change_the_stream(store):
     straight = pipeline.build_train_iterator(config, sampler)
     with_workers = pipeline.build_train_iterator(workers, sampler)
     for _ in range(2):
-        a, b = next(straight), next(with_workers)
-        np.testing.assert_array_equal(a["global_crops"], b["global_crops"])
-        np.testing.assert_array_equal(batch_where(a), batch_where(b))
+        assert_same_batch(next(straight), next(with_workers))
 
 
 def test_host_shards_are_disjoint_and_make_the_one_host_stream(store):
