@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.crops.hed_sigma = 0.05  # stain scale alpha ~ U(1 - sigma, 1 + sigma)
     c.crops.hed_bias = 0.005  # stain shift beta ~ U(-bias, bias), skimage rgb2hed units
     c.crops.photometric_on_device = False  # colour ops in the jitted step; host only crops
+    c.crops.geometry_on_device = False  # DINO: crops cut in the jitted step (host sends patches)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "slides"  # "slides": online patching; "tfds": a tile store (docs/data.md)

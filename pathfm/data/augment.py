@@ -32,6 +32,8 @@ transforms it uses. Deliberate differences (all numerical, none in the random st
   keeps negative stain amounts (skimage clips them to 0), so the round trip is lossless.
 * ``photometric_on_host=False`` keeps only the geometric ops (crop, resize, flips, rot90) and
   draws nothing for the others: they then run on the accelerator (``pathfm.data.device_augment``).
+  ``geometry_on_host=False`` as well only draws the crops (same draws): the accelerator cuts them
+  from the patch with PIL's antialiased bicubic, as DINO does (``pathfm.data.device_crops``).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class MultiCropConfig:
     rot90: bool = False  # pathology addition: rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
     photometric: PhotometricConfig = PhotometricConfig()
     photometric_on_host: bool = True  # False: geometric ops only (photometric on the device)
+    geometry_on_host: bool = True  # False: draw the crops only (cut on the device, too)
 
     def __init__(self, photometric: PhotometricConfig | None = None, **settings: Any):
         colour = {k: settings.pop(k) for k in list(settings) if k in PHOTOMETRIC_FIELDS}
@@ -162,6 +165,11 @@ class MultiCropConfig:
                 raise ConfigError(f"multi-crop: {name} must satisfy 0 < low <= high, got {lo, hi}")
         if not all(0.0 <= p <= 1.0 for p in (self.hflip_p, self.vflip_p)):
             raise ConfigError("multi-crop: every probability must lie in [0, 1]")
+        if self.photometric_on_host and not self.geometry_on_host:
+            raise ConfigError(
+                "multi-crop: crops cut on the device need the colour ops there too "
+                "(photometric_on_host=False), since the colour ops follow the crop"
+            )
 
 
 def sample_crop_box(
@@ -417,23 +425,25 @@ def solarize(image: np.ndarray, threshold: int = 128, out: np.ndarray | None = N
     return _into(cv2.LUT(image, lut, dst=out), out)
 
 
+def transpose_flips(hflip: Any, vflip: Any, k: Any) -> tuple[Any, Any, Any]:
+    """(transpose, column flip, row flip) applied in that order equal the horizontal and vertical
+    flips then ``k`` counter-clockwise quarter turns (``np.rot90(flipped, k)``) of a square image.
+    With R = rot90 = flip rows after a transpose T: R F = flip rows, swap(F), T; R^2 = flip both;
+    R^3 F = flip columns, swap(F), T, where swap(F) exchanges the row and column flips of F
+    (T F = swap(F) T). Plain boolean/integer arithmetic: numpy scalars and JAX arrays alike."""
+    transpose = k % 2 == 1
+    h = (vflip & transpose) | (hflip & ~transpose)
+    v = (hflip & transpose) | (vflip & ~transpose)
+    return transpose, h ^ ((k == 2) | (k == 3)), v ^ ((k == 1) | (k == 2))
+
+
 def orient_inplace(image: np.ndarray, hflip: bool, vflip: bool, k: int) -> None:
     """``image[...] = np.rot90(flipped, k)`` (counter-clockwise quarter turns) of the flipped
-    square uint8 [S, S, C] ``image``, as one OpenCV transpose and/or flip. With R = rot90 = flip
-    rows after a transpose T: R F = flip rows, swap(F), T; R^2 = flip both; R^3 F = flip columns,
-    swap(F), T, where swap(F) exchanges the row and column flips of F (T F = swap(F) T)."""
-    h, v = hflip, vflip  # column flip (cv2 code 1), row flip (code 0)
-    transpose = k % 2 == 1
-    if transpose:
-        h, v = v, h
-    if k == 1:
-        v = not v
-    elif k == 2:
-        h, v = not h, not v
-    elif k == 3:
-        h = not h
+    square uint8 [S, S, C] ``image``, as one OpenCV transpose and/or flip (`transpose_flips`)."""
+    flips = transpose_flips(np.bool_(hflip), np.bool_(vflip), np.int64(k))
+    transpose, h, v = (bool(x) for x in flips)
     source = cv2.transpose(image) if transpose else image
-    if h or v:
+    if h or v:  # column flip is cv2 code 1, row flip code 0
         cv2.flip(source, -1 if h and v else (1 if h else 0), dst=image)
     elif transpose:
         image[...] = source
@@ -462,6 +472,17 @@ class DinoMultiCrop:
             bufs[size] = np.empty((size, size, 3), np.float32)
         return bufs[size]
 
+    def _draw_geometry(
+        self, height: int, width: int, scale: tuple[float, float], rng: np.random.Generator
+    ) -> tuple[tuple[int, int, int, int], tuple[bool, bool, int]]:
+        """One view's crop box (top, left, h, w) and (hflip, vflip, k quarter turns)."""
+        cfg = self.config
+        box = sample_crop_box(height, width, scale, cfg.ratio, rng)
+        hflip = rng.random() < cfg.hflip_p
+        vflip = rng.random() < cfg.vflip_p
+        k = int(rng.random() * 4) if cfg.rot90 else 0  # counter-clockwise quarter turns
+        return box, (hflip, vflip, k)
+
     def _augment(
         self,
         image: np.ndarray,
@@ -477,15 +498,12 @@ class DinoMultiCrop:
         are off on the host: hed?, hed factors (only if hed_p > 0), jitter?, jitter order+factors,
         grayscale?, blur?, blur sigma, solarize? (only where its probability is > 0).
         """
-        cfg = self.config
-        random_resized_crop(image, out.shape[0], scale, cfg.ratio, rng, out=out)
-        hflip = rng.random() < cfg.hflip_p
-        vflip = rng.random() < cfg.vflip_p
-        k = int(rng.random() * 4) if cfg.rot90 else 0  # counter-clockwise quarter turns
-        orient_inplace(out, hflip, vflip, k)
-        if not cfg.photometric_on_host:
+        (top, left, h, w), orient = self._draw_geometry(*image.shape[:2], scale, rng)
+        resize(image[top : top + h, left : left + w], out.shape[0], out)
+        orient_inplace(out, *orient)
+        if not self.config.photometric_on_host:
             return
-        colour = cfg.photometric
+        colour = self.config.photometric
         if colour.hed_p > 0 and rng.random() < colour.hed_p:
             buf = self._buffer(out.shape[0])
             np.copyto(buf, out)
@@ -502,13 +520,29 @@ class DinoMultiCrop:
         if solarize_p > 0 and rng.random() < solarize_p:
             solarize(out, out=out)
 
+    def _views_to_cut(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The views drawn exactly as `_augment` draws them, left for the device to cut
+        (``pathfm.data.device_crops``): the patch, int32 boxes [V, 4] (top, left, h, w) and
+        orientations [V, 3] (hflip, vflip, k); the 2 global views first, then the local ones."""
+        cfg = self.config
+        scales = [cfg.global_scale] * 2 + [cfg.local_scale] * cfg.n_local
+        drawn = [self._draw_geometry(*image.shape[:2], s, rng) for s in scales]
+        return {
+            "patches": image,
+            "crop_boxes": np.array([box for box, _ in drawn], np.int32).reshape(-1, 4),
+            "crop_orient": np.array([o for _, o in drawn], np.int32).reshape(-1, 3),
+        }
+
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """uint8 [H, W, 3] -> {"global_crops": [2, G, G, 3], "local_crops": [n_local, L, L, 3]}."""
+        """uint8 [H, W, 3] -> {"global_crops": [2, G, G, 3], "local_crops": [n_local, L, L, 3]},
+        or with ``geometry_on_host=False`` the patch and its views (`_views_to_cut`)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(
                 f"multi-crop expects a uint8 RGB patch [H, W, 3], got {image.dtype} {image.shape}"
             )
         cfg = self.config
+        if not cfg.geometry_on_host:
+            return self._views_to_cut(image, rng)
         g, loc = cfg.global_size, cfg.local_size
         global_crops = np.empty((2, g, g, 3), np.uint8)
         local_crops = np.empty((cfg.n_local, loc, loc, 3), np.uint8)
@@ -539,4 +573,5 @@ def multicrop_config(config: ml_collections.ConfigDict) -> MultiCropConfig:
         hed_sigma=cr.hed_sigma,
         hed_bias=cr.hed_bias,
         photometric_on_host=not cr.photometric_on_device,
+        geometry_on_host=not cr.geometry_on_device,
     )

@@ -115,6 +115,16 @@ def check_crops_config(c: ml_collections.ConfigDict) -> None:
         require(0 < lo <= hi <= 1, f"crops.{key}", f"need 0 < low <= high <= 1, got {cr[key]}")
     require(cr.n_local >= 0, "crops.n_local", "must be >= 0")
     require(0.0 <= cr.hed_p <= 1.0, "crops.hed_p", "must be in [0, 1]")
+    require(
+        not cr.geometry_on_device or c.method == "dino",
+        "crops.geometry_on_device",
+        f"cuts crops on the device for method 'dino' only, not {c.method!r}; set it False",
+    )
+    require(
+        not cr.geometry_on_device or cr.photometric_on_device,
+        "crops.geometry_on_device",
+        "needs crops.photometric_on_device=True too (the colour ops follow the crop)",
+    )
     try:
         multicrop_config(c)
     except ConfigError as e:

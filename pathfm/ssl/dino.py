@@ -2,7 +2,8 @@
 
 Follows facebookresearch/dino main_dino.py (Caron et al. 2021, section 3). Batches hold uint8 crops
 `global_crops` [B, 2, G, G, 3] and `local_crops` [B, n_local, L, L, 3]; normalisation happens here,
-on the accelerator.
+on the accelerator. With `crops.geometry_on_device` they hold uint8 `patches` [B, P, P, 3] and each
+view's `crop_boxes` [B, V, 4] and `crop_orient` [B, V, 3] instead, and the crops are cut here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ml_collections
 
 from pathfm.data.augment import multicrop_config
 from pathfm.data.device_augment import normalize, photometric_multicrop
+from pathfm.data.device_crops import cut_multicrop
 from pathfm.models.heads import DINOHead
 from pathfm.models.vit import VisionTransformer
 from pathfm.schedules import cosine_schedule, epoch_linear_warmup
@@ -47,11 +49,14 @@ def build_head(config: ml_collections.ConfigDict) -> DINOHead:
     )
 
 
+CUT_KEYS = ("patches", "crop_boxes", "crop_orient")  # crops cut on the device
+
+
 class Dino(EmaTeacherMethod):
     """DINO as a `pathfm.ssl.base.Method`."""
 
     name = "dino"
-    batch_keys = ("global_crops", "local_crops")
+    batch_keys = ("global_crops", "local_crops")  # or CUT_KEYS (`crops.geometry_on_device`)
     frozen_pattern = r"^head/last_layer/"
     clip_rule = "per_tensor"  # main_dino.py train_one_epoch: utils.clip_gradients
     freeze_rule = "drop"  # utils.cancel_gradients_last_layer: grad None, no AdamW step
@@ -74,6 +79,9 @@ class Dino(EmaTeacherMethod):
         self.photometric = None  # colour augmentation on the accelerator, when configured
         if config.crops.photometric_on_device:
             self.photometric = multicrop_config(config).photometric
+        self.cut_on_device = config.crops.geometry_on_device  # the crops, too
+        if self.cut_on_device:
+            self.batch_keys = CUT_KEYS
 
     def init(self, rng: jax.Array) -> tuple[Params, Params]:
         size = self.config.model.img_size
@@ -99,7 +107,14 @@ class Dino(EmaTeacherMethod):
 
     def loss(self, params: Params, extra: Params, batch: Batch, rng, step):
         d = self.config.dino
-        views, local_views = batch["global_crops"], batch["local_crops"]
+        if self.cut_on_device:
+            cr = self.config.crops
+            views, local_views = cut_multicrop(
+                batch["patches"], batch["crop_boxes"], batch["crop_orient"],
+                cr.global_size, cr.local_size,
+            )  # fmt: skip
+        else:
+            views, local_views = batch["global_crops"], batch["local_crops"]
         if self.photometric is not None:  # once, so teacher and student see the same views
             views, local_views = photometric_multicrop(
                 views, local_views, jax.random.fold_in(rng, 2), self.photometric

@@ -36,6 +36,7 @@ IMAGE_TAGS = {  # host batch key -> tag; MAE batches hold single crops ("images"
     "global_crops": "images/global_crops",
     "local_crops": "images/local_crops",
     "images": "images/crops",
+    "patches": "images/patches",  # crops cut on the device: the patches they are cut from
 }
 
 
