@@ -26,6 +26,7 @@ from absl import flags
 
 from pathfm.data import index_build, slide_qc
 from pathfm.data.augment import DinoMultiCrop, multicrop_config
+from pathfm.data.batch_ring import FromRing, ToRing
 from pathfm.data.host_memory import keep_freed_memory
 from pathfm.data.masking import batch_masks
 from pathfm.data.sampler import PatchSampler, SlideIndex, list_reasons
@@ -328,12 +329,6 @@ def build_train_iterator(
     ds = grain.MapDataset.range(STREAM_LENGTH)[process_index::process_count]
     ds = ds.map(SampleAndCrop(sampler, host_transform(config), config.seed))
     ds = ds.batch(local_batch, drop_remainder=True)
-    if workers.num_workers > 0 and hasattr(ds, "enable_shared_memory_output"):
-        # Workers stack each batch straight into shared memory, which the main process maps:
-        # no second copy of every batch. grain does this on its own only when the batch is the
-        # last transformation before mp_prefetch; here the read-ahead (and masks) come after it.
-        # (grain releases without it copy each batch into shared memory instead.)
-        ds.enable_shared_memory_output()
     if config.method == "dinov2":
         grid = config.crops.global_size // config.model.patch_size
         ds = ds.map(
@@ -357,9 +352,9 @@ def build_train_iterator(
         options = grain.MultiprocessingOptions(
             num_workers=workers.num_workers, per_worker_buffer_size=1
         )
-        ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
-    else:
-        keep_freed_memory()  # the main process reads
+        # Batches cross over in reused shared-memory slots (`pathfm.data.batch_ring`).
+        ds = FromRing(ToRing(ds).mp_prefetch(options, worker_init_fn=_init_worker))
+    keep_freed_memory()  # the main process reads, or copies the workers' batches out
     return iter(ds)
 
 

@@ -15,6 +15,8 @@ import os
 
 import ml_collections
 
+from pathfm.data.batch_ring import SLOTS
+
 AUTO = "auto"
 MAX_READ_THREADS = 4  # "auto" read threads in one process, at most
 WORKER_BASE_BYTES = 400 << 20  # a worker's own footprint: Python, NumPy, OpenCV, open slides
@@ -73,8 +75,11 @@ def available_memory() -> int | None:
 
 
 def batch_bytes(config: ml_collections.ConfigDict, process_count: int = 1) -> int:
-    """Bytes of one host batch of uint8 crops (DINO/DINOv2 multi-crop or MAE's single view)."""
+    """Bytes of one host batch of uint8 crops (DINO/DINOv2 multi-crop or MAE's single view), or
+    of the patches they are cut from (`crops.geometry_on_device`)."""
     cr, local_batch = config.crops, config.batch_size // max(process_count, 1)
+    if cr.geometry_on_device:
+        return local_batch * 3 * config.data.patch_size**2
     per_sample = 3 * cr.global_size**2 * (1 if config.method == "mae" else 2)
     if config.method != "mae":
         per_sample += 3 * cr.n_local * cr.local_size**2
@@ -88,7 +93,8 @@ def resolve_num_workers(
     memory: int | None = None,
 ) -> WorkerChoice:
     """`data.num_workers` as a number: itself when it is one, else (AUTO) cores - 1 capped so
-    that the workers' buffers (`data.prefetch_batches` + 1 batches each, their tile cache of
+    that the workers' buffers (`data.prefetch_batches` batches read ahead and the `SLOTS` of their
+    shared-memory ring (`pathfm.data.batch_ring`) each, their tile cache of
     `data.tile_cache_mb` and their own footprint) fit in MEMORY_SHARE of the available memory.
     `cores`/`memory` default to this host's."""
     setting = config.data.num_workers
@@ -97,15 +103,15 @@ def resolve_num_workers(
     cores = host_cores() if cores is None else cores
     memory = available_memory() if memory is None else memory
     wanted = max(cores - 1, 0)
-    per_worker = (config.data.prefetch_batches + 1) * batch_bytes(config, process_count)
+    per_worker = (config.data.prefetch_batches + SLOTS) * batch_bytes(config, process_count)
     per_worker += WORKER_BASE_BYTES + (config.data.tile_cache_mb << 20)
     if memory is None:
         return WorkerChoice(wanted, f"auto: {cores} cores, 1 for the main process")
     fit = int(memory * MEMORY_SHARE // per_worker)
     reason = (
         f"auto: {cores} cores, 1 for the main process; {memory / 2**30:.1f} GiB available, "
-        f"{per_worker / 2**30:.2f} GiB per worker ({config.data.prefetch_batches} + 1 batches "
-        f"of {batch_bytes(config, process_count) / 2**20:.0f} MiB, a "
+        f"{per_worker / 2**30:.2f} GiB per worker ({config.data.prefetch_batches} + {SLOTS} "
+        f"batches of {batch_bytes(config, process_count) / 2**20:.0f} MiB, a "
         f"{config.data.tile_cache_mb} MiB tile cache)"
     )
     if fit < wanted:

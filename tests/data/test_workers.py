@@ -8,6 +8,7 @@ from testutil import REPO, tiny_dino_config
 import pathfm.main
 from pathfm.config import base_config
 from pathfm.data import checks, pipeline
+from pathfm.data.batch_ring import SLOTS
 from pathfm.data.workers import (
     WORKER_BASE_BYTES,
     batch_bytes,
@@ -41,7 +42,7 @@ def test_auto_takes_every_core_but_one_within_the_memory_share():
     config.batch_size = 64
     one = 64 * 3 * (2 * 224**2 + 8 * 96**2)  # 2 global + 8 local crops
     assert batch_bytes(config) == one and batch_bytes(config, process_count=2) == one // 2
-    per_worker = (config.data.prefetch_batches + 1) * one + WORKER_BASE_BYTES + (256 << 20)
+    per_worker = (config.data.prefetch_batches + SLOTS) * one + WORKER_BASE_BYTES + (256 << 20)
     plenty = resolve_num_workers(config, cores=16, memory=512 * GIB)
     assert plenty.num_workers == 15 and "16 cores" in plenty.reason
     tight = resolve_num_workers(config, cores=16, memory=int(2 * 4.5 * per_worker))
@@ -51,6 +52,9 @@ def test_auto_takes_every_core_but_one_within_the_memory_share():
     assert resolve_num_workers(config, cores=16, memory=GIB).num_workers == 2  # as asked
     config.method = "mae"
     assert batch_bytes(config) == 64 * 3 * 224**2
+    config.method, config.data.patch_size = "dino", 256
+    config.crops.update(photometric_on_device=True, geometry_on_device=True)
+    assert batch_bytes(config) == 64 * 3 * 256**2  # the patches the device cuts the crops from
 
 
 def test_auto_read_threads_spread_the_cores_over_the_reading_processes():
