@@ -14,15 +14,18 @@ times on one core and at the same random tissue locations:
   (d) the JPEG decode floor: the tiles (b) needs, pre-read, decoded by libjpeg-turbo at the
       scale (b) decodes them,
 and then (c) the full grain pipeline with DINO multi-crop (2x224 + 8x96, photometric ops left to
-the accelerator) in the main process, with 1 worker process, 2, and all cores, in steady state,
-per CPU second against (b) over the same mix of slides and mpps. Tile caches are off for every
-reader, so every read pays its decode. Prints a table and writes JSON: per cell the rates and the
-ratios of (b) to each peer and to the floor.
+the accelerator), with the crops cut on the host and with the crops cut on the accelerator
+(`crops.geometry_on_device`: the host reads and draws, and sends the patch), in the main process,
+with 1 worker process, 2, and all cores, in steady state, per CPU second against (b) over the
+same mix of slides and mpps, timed just before and after each row (a shared VM's speed drifts).
+Tile caches are off for every reader, so every read pays its decode. Prints a table and writes
+JSON: per cell the rates and the ratios of (b) to each peer and to the floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -55,6 +58,7 @@ except ImportError:  # pip install cucim-cu12 (its CPU reader needs no GPU)
     CuImage = None
 
 MPPS = (0.25, 0.5, 1.0, 2.0)
+CROPS = ("host", "device")  # where the pipeline cuts the multi-crop views
 SIZE = 224
 REAL_SLIDE = (
     Path(__file__).resolve().parents[2] / "shared" / "test-slides" / "CMU-1-Small-Region.svs"
@@ -216,11 +220,36 @@ def cpu_used(before: dict[int, float]) -> dict[int, float]:
     return {pid: t - before.get(pid, 0.0) for pid, t in cpu_seconds().items()}
 
 
-def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dict]:
-    """(c): samples/s of the full pipeline (multi-crop on the host, colour on the device), and
-    per core: samples per CPU second of the main process and its workers together (read threads
-    as `data.read_threads="auto"` picks them), in steady state: the read-ahead buffers are
-    filled and drained once before the clock starts."""
+class ReaderMix:
+    """(b) over the pipeline's mix (every synthetic slide and mpp, uniformly): the harmonic mean
+    of its cells' rates, re-measured next to each pipeline row, so that both sides of the ratio
+    see the same machine speed (a shared VM drifts by 10-30% over minutes)."""
+
+    def __init__(self, paths: dict[str, Path], reads: int):
+        self.cells = []
+        for path in paths.values():
+            info = SlideIndex.build([slides.SlideRecord(str(path))], TissueConfig()).slides[0]
+            for mpp in MPPS:
+                if mpp * (1 + slides.LEVEL_TOLERANCE) >= info.level_mpps[0]:
+                    self.cells.append((str(path), info.mpp, mpp, locations(info, mpp, reads)))
+        self.handles = slides.SlideHandles(cache_bytes=0)
+
+    def rate(self) -> float:
+        rates = []
+        for path, base_mpp, mpp, centers in self.cells:
+            slide = self.handles.get(path)
+            read = lambda c, s=slide, m=mpp, b=base_mpp: slides.read_patch(s, c, SIZE, m, b)
+            rates.append(per_second(read, centers))
+        return len(rates) / float(np.sum(1.0 / np.asarray(rates)))
+
+
+def pipeline_rows(
+    directory: Path, batches: int, workers: list[int], crops: str, mix: ReaderMix
+) -> list[dict]:
+    """(c): samples/s of the full pipeline (multi-crop cut on the `crops` side, "host" or
+    "device", colour on the device), and per core: samples per CPU second of the main process and
+    its workers together (read threads as `data.read_threads="auto"` picks them), in steady
+    state: the read-ahead buffers are filled and drained once before the clock starts."""
     rows = []
     for n in workers:
         config = base_config()
@@ -230,7 +259,9 @@ def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dic
         config.data.tile_cache_mb = 0  # every read decodes, as in (b)
         config.batch_size = 32
         config.crops.photometric_on_device = True
+        config.crops.geometry_on_device = crops == "device"
         sampler = pipeline.training_slides(config, None).sampler
+        mix_before = mix.rate()
         it = pipeline.build_train_iterator(config, sampler)
         for _ in range(2 * config.data.prefetch_batches + 2):
             next(it)  # start the workers, then drain what they read ahead while starting
@@ -242,17 +273,22 @@ def pipeline_rows(directory: Path, batches: int, workers: list[int]) -> list[dic
         samples = batches * config.batch_size
         per_core = samples / cpu if cpu > 0 else samples / seconds / max(n, 1)
         threads = resolve_read_threads(config, resolve_num_workers(config).num_workers)
+        del it
+        gc.collect()  # the workers stop before the reader is timed again
+        b_mix = 2.0 / (1.0 / mix_before + 1.0 / mix.rate())
         rows.append(
             {
+                "crops": crops,
                 "workers": n,
                 "read_threads": threads.threads,
                 "samples_per_s": samples / seconds,
                 "per_core": per_core,
                 "cpu_s": cpu,
                 "main_process_cores": main_cpu / seconds,
+                "b_mix_adjacent": b_mix,
+                "c_over_b_per_core": per_core / b_mix,
             }
         )
-        del it
     return rows
 
 
@@ -273,7 +309,11 @@ def main() -> None:
         synthetic.mkdir()
         paths = make_slides(synthetic, args.side)
         readers = reader_rows(paths, args.reads)
-        full = pipeline_rows(synthetic, args.batches, sorted({0, 1, 2, cores}))
+        counts = sorted({0, 1, 2, cores})
+        mix = ReaderMix({k: v for k, v in paths.items() if k.startswith("synth")}, args.reads // 4)
+        full = [
+            row for c in CROPS for row in pipeline_rows(synthetic, args.batches, counts, c, mix)
+        ]
     print(
         f"{'slide':<24} {'mpp':>5} {'1/s':>3} {'(a) OS+PIL':>10} {'tiffslide':>9} {'cuCIM':>7} "
         f"{'(b) pathfm':>10} {'(d) floor':>9} {'b/a':>5} {'b/tiffs':>7} {'b/cuCIM':>7} {'b/d':>5}"
@@ -290,25 +330,30 @@ def main() -> None:
             f"{r['b_over_a']:>5.2f} {ratio_text(r['b_over_tiffslide']):>7} "
             f"{ratio_text(r['b_over_cucim']):>7} {r['b_over_d']:>5.2f}"
         )
-    b_single = next(r["samples_per_s"] for r in full if r["workers"] == 1)
     # The pipeline draws slides and mpps uniformly, so the reader's rate over that mix is the
-    # harmonic mean of its cells (mean time per patch), the reference of "per core".
+    # harmonic mean of its cells (mean time per patch): here from the table above; each pipeline
+    # row is compared with the same mean timed right before and after it (`ReaderMix`).
     synthetic_rates = [r["b_pathfm"] for r in readers if r["slide"].startswith("synth")]
     mix_b = len(synthetic_rates) / float(np.sum(1.0 / np.asarray(synthetic_rates)))
+    one = {c: next(r for r in full if r["workers"] == 1 and r["crops"] == c) for c in CROPS}
     for r in full:
-        r["c_over_b_per_core"] = r["per_core"] / mix_b
-        r["scaling"] = r["samples_per_s"] / b_single
+        r["scaling"] = r["samples_per_s"] / one[r["crops"]]["samples_per_s"]
         print(
-            f"(c) pipeline, {r['workers']} worker(s) x {r['read_threads']} read thread(s): "
-            f"{r['samples_per_s']:.0f} samples/s, {r['per_core']:.0f} per CPU second = "
-            f"{r['c_over_b_per_core']:.2f} x (b) over the same mix ({mix_b:.0f}/s); main process "
-            f"{r['main_process_cores']:.2f} cores; {r['scaling']:.2f} x the 1-worker rate"
+            f"(c) pipeline, crops cut on the {r['crops']}, {r['workers']} worker(s) x "
+            f"{r['read_threads']} read thread(s): {r['samples_per_s']:.0f} samples/s, "
+            f"{r['per_core']:.0f} per CPU second = {r['c_over_b_per_core']:.2f} x (b) over the "
+            f"same mix, timed before and after ({r['b_mix_adjacent']:.0f}/s); main process "
+            f"{r['main_process_cores']:.2f} cores; "
+            f"{r['scaling']:.2f} x the 1-worker rate"
         )
-    one = next(r for r in full if r["workers"] == 1)
-    projected = {"workers": 15, "samples_per_s": 15 * one["per_core"], "measured": False}
+    projected = {
+        c: {"workers": 15, "samples_per_s": 15 * one[c]["per_core"], "measured": False}
+        for c in CROPS
+    }
     print(
-        f"(c) projected for a 16-core host (15 workers at the 1-worker rate per core): "
-        f"{projected['samples_per_s']:.0f} samples/s; measure it there"
+        "(c) projected for a 16-core host (15 workers at the 1-worker rate per core): "
+        + ", ".join(f"crops on the {c} {p['samples_per_s']:.0f}" for c, p in projected.items())
+        + " samples/s; measure it there"
     )
     result = {
         "cores": cores,

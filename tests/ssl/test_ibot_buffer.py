@@ -47,7 +47,7 @@ def _batch(config, groups, seed=0):
 
 
 def _state(method):
-    params, extra = method.init(jax.random.key(0))
+    params, extra = jax.jit(method.init)(jax.random.key(0))  # eager init takes seconds
     k = method.config.dino.out_dim
     # A teacher apart from the student and non-zero centers, so that every term is exercised.
     extra["teacher"] = jax.tree.map(
