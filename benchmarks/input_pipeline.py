@@ -301,8 +301,12 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=200, help="patches per slide and mpp")
     parser.add_argument("--batches", type=int, default=24, help="pipeline batches of 32")
     parser.add_argument("--side", type=int, default=8192, help="synthetic slide side (px)")
+    parser.add_argument(
+        "--crops", default=",".join(CROPS), help="where pipeline rows cut crops: host,device"
+    )
     parser.add_argument("--out", default="input_pipeline.json")
     args = parser.parse_args()
+    placements = [c for c in CROPS if c in args.crops.split(",")]
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = Path(tmp) / "slides"
@@ -311,9 +315,9 @@ def main() -> None:
         readers = reader_rows(paths, args.reads)
         counts = sorted({0, 1, 2, cores})
         mix = ReaderMix({k: v for k, v in paths.items() if k.startswith("synth")}, args.reads // 4)
-        full = [
-            row for c in CROPS for row in pipeline_rows(synthetic, args.batches, counts, c, mix)
-        ]
+        full = []
+        for c in placements:
+            full += pipeline_rows(synthetic, args.batches, counts, c, mix)
     print(
         f"{'slide':<24} {'mpp':>5} {'1/s':>3} {'(a) OS+PIL':>10} {'tiffslide':>9} {'cuCIM':>7} "
         f"{'(b) pathfm':>10} {'(d) floor':>9} {'b/a':>5} {'b/tiffs':>7} {'b/cuCIM':>7} {'b/d':>5}"
@@ -335,7 +339,7 @@ def main() -> None:
     # row is compared with the same mean timed right before and after it (`ReaderMix`).
     synthetic_rates = [r["b_pathfm"] for r in readers if r["slide"].startswith("synth")]
     mix_b = len(synthetic_rates) / float(np.sum(1.0 / np.asarray(synthetic_rates)))
-    one = {c: next(r for r in full if r["workers"] == 1 and r["crops"] == c) for c in CROPS}
+    one = {c: next(r for r in full if r["workers"] == 1 and r["crops"] == c) for c in placements}
     for r in full:
         r["scaling"] = r["samples_per_s"] / one[r["crops"]]["samples_per_s"]
         print(
@@ -348,7 +352,7 @@ def main() -> None:
         )
     projected = {
         c: {"workers": 15, "samples_per_s": 15 * one[c]["per_core"], "measured": False}
-        for c in CROPS
+        for c in placements
     }
     print(
         "(c) projected for a 16-core host (15 workers at the 1-worker rate per core): "

@@ -10,15 +10,18 @@ maps each ring once, copies the batch out into ordinary memory and frees the slo
 
 Protocol (one flag byte per slot, 0 free, 1 full):
 * The worker takes a free slot (sets its flag), writes the batch and returns the descriptor.
-* The main process frees a slot when it takes the NEXT batch from the same ring: that read went
-  through grain's queue (a system call), so the copy out is complete and visible before the flag
-  is, on any memory model.
+  When every slot is in flight it returns the batch itself, which grain hands over its own way:
+  a worker never waits on the ring, so it never stalls grain's restores or shutdown (both need
+  the worker's loop to come round).
+* The main process frees a slot when it takes the NEXT batch: that read went through grain's
+  queue (a system call), so the copy out is complete and visible before the flag is, on any
+  memory model.
 * ``set_state``: the worker frees every slot when grain restores its iterator (the elements in
   flight are then discarded unread by grain's main side) and the main side forgets the slot it
   would have freed, so a restore never leaks or double-frees a slot.
-* ``SLOTS`` exceeds the batches grain holds between a worker and the consumer (queue 1, the
-  worker's blocked put 1, the interleave buffer and its thread 2 with several workers, and the
-  slot kept until the next take 1), so a worker waits on grain's queue, never on the ring.
+* ``SLOTS`` covers what is in flight between a worker and the consumer: grain's queue (1), the
+  interleave buffer and its thread with several workers (2) and the slot kept until the next
+  take (1), plus the batch being written.
 * The main process unlinks a ring's name as soon as it has mapped it: the memory goes away with
   the last process that maps it, whatever way the run ends.
 """
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from multiprocessing import shared_memory
 
 import grain
@@ -35,10 +37,8 @@ import numpy as np
 
 from pathfm.errors import DataError
 
-SLOTS = 6
+SLOTS = 5
 _ALIGN = 64  # bytes: every field starts on a cache line
-_WAIT_S = 0.0005  # poll interval of a worker waiting for a free slot
-_GIVE_UP_S = 600.0  # a slot held this long means the consumer is gone or the ring leaked
 
 
 def _aligned(n: int) -> int:
@@ -100,20 +100,13 @@ class _Ring:
         array = np.frombuffer(self.shm.buf, dtype, field.nbytes // dtype.itemsize, start)
         return array.reshape(field.shape)
 
-    def acquire(self) -> int:
-        """A free slot, marked full (waits while all are in use)."""
-        start = time.monotonic()
-        while True:
-            for slot in range(SLOTS):
-                if self.shm.buf[slot] == 0:
-                    self.shm.buf[slot] = 1
-                    return slot
-            if time.monotonic() - start > _GIVE_UP_S:
-                raise DataError(
-                    f"no free batch slot for {_GIVE_UP_S:.0f} s: the training process stopped "
-                    "taking batches from this input worker"
-                )
-            time.sleep(_WAIT_S)
+    def acquire(self) -> int | None:
+        """A free slot, marked full; None when every slot is in flight (never waits)."""
+        for slot in range(SLOTS):
+            if self.shm.buf[slot] == 0:
+                self.shm.buf[slot] = 1
+                return slot
+        return None
 
     def set_full(self, slot: int, full: bool) -> None:
         self.shm.buf[slot] = int(full)
@@ -143,11 +136,15 @@ class _Writer:
     def __init__(self):
         self.ring: _Ring | None = None
 
-    def put(self, batch: dict[str, np.ndarray]) -> Descriptor:
+    def put(self, batch: dict[str, np.ndarray]) -> Descriptor | dict[str, np.ndarray]:
+        """The batch in a slot (its `Descriptor`), or the batch itself when no slot is free:
+        grain then hands it over its own way (a new segment)."""
         fields, nbytes = layout(batch)
         if self.ring is None or nbytes > self.ring.slot_bytes:
             self.ring = _Ring(nbytes)  # batch shapes are fixed: once per worker
         slot = self.ring.acquire()
+        if slot is None:
+            return batch
         for field in fields:
             view = self.ring.view(slot, field)
             np.copyto(view, batch[field.key])
@@ -164,7 +161,7 @@ class _ToRingIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._writer = _Writer()
 
-    def __next__(self) -> Descriptor:
+    def __next__(self) -> Descriptor | dict[str, np.ndarray]:
         return self._writer.put(next(self._parent))
 
     def get_state(self):
@@ -187,12 +184,17 @@ class _FromRingIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._rings: dict[str, _Ring] = {}
         self._held: tuple[_Ring, int] | None = None  # freed at the next take
+        self.through_ring = self.past_ring = 0  # batches copied out of a slot / handed by grain
 
     def __next__(self) -> dict[str, np.ndarray]:
         descriptor = next(self._parent)
         if self._held is not None:
             self._held[0].set_full(self._held[1], False)
             self._held = None
+        if not isinstance(descriptor, Descriptor):  # no slot was free: grain's own hand-over
+            self.past_ring += 1
+            return descriptor
+        self.through_ring += 1
         ring = self._rings.get(descriptor.ring)
         if ring is None:
             ring = self._rings[descriptor.ring] = _Ring(descriptor.slot_bytes, descriptor.ring)

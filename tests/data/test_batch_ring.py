@@ -45,10 +45,12 @@ def test_batches_round_trip_and_slots_are_reused():
     assert not os.path.exists(f"/dev/shm/{writer.ring.name}")  # unlinked once mapped
 
 
-def test_full_slots_are_skipped_and_a_restore_frees_them_all():
+def test_full_slots_are_skipped_a_full_ring_never_waits_and_a_restore_frees_all():
     writer = batch_ring._Writer()
     taken = [writer.put(_batch(i)).slot for i in range(batch_ring.SLOTS)]
     assert taken == list(range(batch_ring.SLOTS))  # none freed: every slot in turn
+    batch = _batch(7)
+    assert writer.put(batch) is batch  # all in flight: grain hands this one over itself
     writer.ring.set_full(3, False)
     assert writer.put(_batch(9)).slot == 3
     writer.release_all()
@@ -73,12 +75,17 @@ def test_mid_stream_restores_with_workers_resume_exactly_and_leak_no_slot(synthe
     state = it.get_state()
     want = [next(it) for _ in range(2)]
     assert want[0]["patches"].shape == (config.batch_size, 48, 48, 3)
-    for _ in range(batch_ring.SLOTS):  # more restores than slots: a leak would stall
+    for _ in range(batch_ring.SLOTS + 1):  # more restores than slots: leaks would fill the ring
         for _ in range(3):
             next(it)  # the workers run ahead, filling slots
         it.set_state(state)
         for expected in want:
             assert_same_batch(next(it), expected, crops=("patches", "crop_boxes", "crop_orient"))
+    after = it.through_ring
+    for _ in range(4):
+        next(it)
+    assert it.through_ring == after + 4  # still through the slots, not grain's fallback
+    assert it.past_ring <= 2  # (measured 0) a full ring while a worker runs ahead is rare
     rings = it._rings  # the main side's view of the workers' rings
     assert len(rings) == 2
     for ring in rings.values():
