@@ -162,6 +162,8 @@ def test_training_maps_the_prebuilt_index_and_workers_get_its_directory(
         sys.executable, "-m", "pathfm.main", "--config", "configs/quickstart.py",
         "--workdir", str(prebuilt / "run"), f"--config.data.slides={synthetic_slide_dir}",
         f"--config.data.index_dir={prebuilt / 'index'}", *TRAIN,
+        # The whole loop with the crops cut on the device from the workers' shared slots:
+        "--config.crops.photometric_on_device=True", "--config.crops.geometry_on_device=True",
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=REPO, env=_env(prebuilt), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -170,6 +172,7 @@ def test_training_maps_the_prebuilt_index_and_workers_get_its_directory(
     assert pickled < 4096
     records = read_metrics(prebuilt / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in records)
 
 
 @pytest.fixture(scope="module")
