@@ -1,4 +1,5 @@
-"""glibc malloc settings for the processes that read the input: keep freed buffers for reuse.
+"""glibc malloc settings for the processes that read the input, and for the training process
+that copies the workers' batches out of shared memory: keep freed buffers for reuse.
 
 Every sample allocates and frees blocks of 0.1-0.5 MB (decoded JPEG tiles, crops) and every batch
 one of 16-270 MB. With glibc's defaults such blocks go back to the kernel when freed (blocks over
