@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from testutil import REPO, xla_flags
 
+from pathfm.config import validate
+from pathfm.errors import ConfigError
+from pathfm.main import load_config
 from pathfm.train.checkpoint import load_state
 from pathfm.train.metrics_log import read_metrics
 
@@ -62,18 +65,22 @@ def test_unknown_config_key_stops_before_writing(tmp_path):
 
 def test_invalid_value_stops_before_writing(tmp_path):
     workdir = tmp_path / "run"
-    for bad, name in (
+    for bad, name in (  # through the command line: a value that does not parse, a device check
         ("--config.batch_size=abc", "batch_size"),
-        ("--config.model.size=huge", "model.size"),
-        ("--config.crops.global_size=60", "crops.global_size"),
         ("--config.mesh.fsdp=3", "config.mesh"),  # 1 device is not 3-way divisible
-        ("--config.on_nonfinite=ignore", "on_nonfinite"),
     ):
         out = _cli(["--workdir", str(workdir), bad], tmp_path)
         assert out.returncode == 2, out.stderr
         assert name in out.stderr
         assert "Traceback" not in out.stderr
     assert not workdir.exists()
+    for bad, name in (  # the same checks in-process (each CLI start costs seconds of imports)
+        ("model.size=huge", "model.size"),
+        ("crops.global_size=60", "crops.global_size"),
+        ("on_nonfinite=ignore", "on_nonfinite"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            validate(load_config(str(REPO / "configs/quickstart.py"), [bad]))
 
 
 def test_coordinator_without_process_id_is_one_clear_error(tmp_path):
