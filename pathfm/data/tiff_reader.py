@@ -310,9 +310,11 @@ class TiffJpegSlide:
         outside the image."""
         lv = self._levels[level]
         tw, th = lv.tile_w // scale, lv.tile_h // scale
-        out = np.full((h, w, 3), 255, np.uint8)
+        out = np.empty((h, w, 3), np.uint8)  # every pixel is written once below
         x_lo, x_hi = max(x, 0), min(x + w, -(-lv.width // scale))
         y_lo, y_hi = max(y, 0), min(y + h, -(-lv.height // scale))
+        if (x_lo, y_lo, x_hi, y_hi) != (x, y, x + w, y + h):  # partly or wholly outside
+            out.fill(255)
         if x_lo >= x_hi or y_lo >= y_hi:
             return out
         for row in range(y_lo // th, (y_hi - 1) // th + 1):
@@ -320,9 +322,11 @@ class TiffJpegSlide:
             a, b = max(y_lo, ty), min(y_hi, ty + th)
             for col in range(x_lo // tw, (x_hi - 1) // tw + 1):
                 tile = self._tile(level, col, row, scale)
-                if tile is not None:
-                    tx = col * tw
-                    c, d = max(x_lo, tx), min(x_hi, tx + tw)
+                tx = col * tw
+                c, d = max(x_lo, tx), min(x_hi, tx + tw)
+                if tile is None:  # a tile without data (sparse TIFF) reads as white
+                    out[a - y : b - y, c - x : d - x] = 255
+                else:
                     out[a - y : b - y, c - x : d - x] = tile[a - ty : b - ty, c - tx : d - tx]
         return out
 

@@ -131,6 +131,25 @@ def test_sample_crop_box_area_and_aspect(scale, ratio) -> None:
     assert aspect.min() < ratio[0] * 1.05 and aspect.max() > ratio[1] * 0.95
 
 
+@pytest.mark.parametrize("scale", [(0.05, 0.4), (0.4, 1.0), (2.0, 3.0)])  # 3: 10 failed tries
+def test_uniforms_ahead_draw_what_scalar_calls_draw(scale) -> None:
+    """Crop boxes from a block of uniforms drawn ahead equal those of one `rng.random()` per
+    draw, including retries and the fallback, and leave the generator where the calls leave it
+    (the next sample's draws, and the device and host crop paths, stay the same)."""
+    for seed in range(20):
+        scalar, block = _rng(seed), _rng(seed)
+        block.integers(1000)  # a buffered 32-bit half must survive too
+        scalar.integers(1000)
+        ahead = A.UniformsAhead(block, 3 * A.GEOMETRY_DRAWS)
+        for _ in range(3):
+            box = A.sample_crop_box(60, 90, scale, (3 / 4, 4 / 3), scalar)
+            assert A.sample_crop_box(60, 90, scale, (3 / 4, 4 / 3), ahead) == box
+            flips = [scalar.random() for _ in range(2)]
+            assert [ahead.random() for _ in range(2)] == flips
+        assert block.bit_generator.state == scalar.bit_generator.state
+        assert block.random() == scalar.random()
+
+
 def test_sample_crop_box_fallback() -> None:
     impossible = (2.0, 3.0)  # every attempt asks for more than the whole image
     assert A.sample_crop_box(10, 20, impossible, (1.0, 1.0), _rng()) == (0, 5, 10, 10)

@@ -1,6 +1,7 @@
 """TiffJpegSlide: eligibility, pixel agreement with OpenSlide read_region, errors, integration."""
 
 import concurrent.futures
+import dataclasses
 import pathlib
 import pickle
 import shutil
@@ -136,6 +137,22 @@ def test_tile_cache_is_bounded_and_transparent(synthetic):
     assert np.array_equal(fast.read_rgb((300, 300), 0, (300, 300)), plain)
     assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
     assert np.array_equal(fast.read_rgb((300, 300), 0, (300, 300)), plain)  # partly cached
+
+
+def test_a_tile_without_data_reads_white_and_the_rest_as_before(synthetic):
+    """A sparse TIFF's tile with no bytes (OpenSlide: transparent, composited on white) fills
+    exactly its part of the window with white; the window is not pre-filled."""
+    fast = TiffJpegSlide.open(synthetic)
+    before = fast.read_rgb((300, 300), 0, (300, 300))  # tiles (1, 1) (1, 2) (2, 1) (2, 2)
+    level = fast._levels[0]
+    counts = level.counts.copy()
+    counts[1 * level.across + 2] = 0  # row 1, col 2: level px x >= 512, y < 512
+    fast._levels[0] = dataclasses.replace(level, counts=counts)
+    after = fast.read_rgb((300, 300), 0, (300, 300))
+    assert (after[:212, 212:] == 255).all()
+    keep = np.ones((300, 300), bool)
+    keep[:212, 212:] = False
+    assert np.array_equal(after[keep], before[keep]) and not (before[:212, 212:] == 255).all()
 
 
 def test_concurrent_reads_agree(synthetic):
