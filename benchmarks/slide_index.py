@@ -274,8 +274,9 @@ class PeakRSS:
         self._thread.join()
 
 
-def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int) -> dict:
-    """Peak host RSS of the kaiko DINO ViT-S/16 input pipeline at `batch` with `workers`."""
+def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int, side: int) -> dict:
+    """Peak host RSS of the kaiko DINO ViT-S/16 input pipeline at `batch` with `workers`, on 4
+    synthetic slides of side x side px."""
     # Imported here: the build's spawned workers import this module, and JAX (which the config
     # module pulls in) would add seconds to each worker's start.
     from pathfm.config import kaiko_dino
@@ -286,7 +287,7 @@ def measure_pipeline_rss(tmp: Path, batch: int, batches: int, workers: int) -> d
     config.batch_size = batch
     config.data.num_workers = workers
     config.data.slides = str(tmp / "pipeline_slides")
-    generate_synthetic_slides(config.data.slides, n_slides=4, seed=0, width=4096, height=4096)
+    generate_synthetic_slides(config.data.slides, n_slides=4, seed=0, width=side, height=side)
     sampler = pipeline.training_slides(config, tmp / "pipeline_run").sampler
     t0 = time.perf_counter()
     with PeakRSS() as peak:
@@ -328,6 +329,7 @@ def main() -> None:
     parser.add_argument("--build-sample", type=int, default=1000)
     parser.add_argument("--pipeline-batch", type=int, default=512)
     parser.add_argument("--pipeline-batches", type=int, default=3)
+    parser.add_argument("--pipeline-side", type=int, default=4096, help="its slides' side (px)")
     parser.add_argument("--workdir", default="", help="scratch folder (default: a temp folder)")
     parser.add_argument("--out", default="slide_index.json")
     parser.add_argument("--measure-process", default="", help=argparse.SUPPRESS)
@@ -366,7 +368,9 @@ def main() -> None:
         print(json.dumps(run))
         shutil.rmtree(directory)
     result.update(build=build, runs=runs, extrapolated=extrapolate(runs, CAMPANELLA_SLIDES))
-    pipe = measure_pipeline_rss(tmp, args.pipeline_batch, args.pipeline_batches, workers=2)
+    pipe = measure_pipeline_rss(
+        tmp, args.pipeline_batch, args.pipeline_batches, workers=2, side=args.pipeline_side
+    )
     result["pipeline_peak_rss_bytes_batch512"] = pipe["pipeline_peak_rss_bytes"]
     result["pipeline"] = pipe
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -16,20 +16,21 @@ KEYS = {
 def test_slide_index_benchmark_runs_and_writes_json(tmp_path):
     out = tmp_path / "slide_index.json"
     cmd = [
-        sys.executable, "benchmarks/slide_index.py", "--slides", "40",
-        "--build-sample", "10", "--pipeline-batch", "8", "--pipeline-batches", "1",
+        sys.executable, "benchmarks/slide_index.py", "--slides", "16",
+        "--build-sample", "4", "--pipeline-batch", "8", "--pipeline-batches", "1",
+        "--pipeline-side", "2048",
         "--workdir", str(tmp_path / "work"), "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [r["slides"] for r in result["runs"]] == [40]
+    assert [r["slides"] for r in result["runs"]] == [16]
     for run in result["runs"]:
         assert KEYS <= set(run)
         assert run["pickled_sampler_bytes"] < 2048 and run["workers_seen"] == 2
         assert 20_000 < run["disk_bytes_per_slide"] < 256 * 1024  # runs of a TCGA-like mask
         assert run["listed"] == [run["slides"], run["slides"]]  # manifest and recursive glob
-    assert result["build"]["build_sample_slides"] == 10
+    assert result["build"]["build_sample_slides"] == 4
     assert result["pipeline"]["pipeline_read_threads"] >= 1  # resolved from "auto"
     assert result["pipeline_peak_rss_bytes_batch512"] > result["pipeline"]["pipeline_batch_bytes"]
     assert result["extrapolated"]["slides"] == 423_000
