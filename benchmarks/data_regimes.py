@@ -34,6 +34,7 @@ from pathfm.data.synthetic import generate_synthetic_slides
 from pathfm.data.tile_store import config_from_training
 
 SIZE, MPP = 224, 0.5
+MIN_SECONDS = 0.5  # time at least this long (see pipeline_rate)
 
 
 def dino_config(slide_dir: Path, workers: int):
@@ -46,15 +47,19 @@ def dino_config(slide_dir: Path, workers: int):
 
 
 def pipeline_rate(config, batches: int) -> dict:
-    """Samples/s and samples per CPU second of `batches` batches after the first."""
+    """Samples/s and samples per CPU second of `batches` batches after the first, or of as many
+    as take MIN_SECONDS: the kernel counts each process's CPU time in 10 ms ticks, so a few fast
+    batches (a tile store's) could otherwise measure 0 CPU seconds."""
     inputs = pipeline.training_input(config, None)
     it = pipeline.build_train_iterator(config, inputs.sampler)
     next(it)  # start the workers and fill the first batch
     cpu, start = cpu_seconds(), time.perf_counter()
-    for _ in range(batches):
+    read = 0
+    while read < batches or time.perf_counter() - start < MIN_SECONDS:
         next(it)
+        read += 1
     seconds, cpu = time.perf_counter() - start, sum(cpu_used(cpu).values())
-    samples = batches * config.batch_size
+    samples = read * config.batch_size
     del it
     per_cpu_s = samples / cpu if cpu > 0 else float("nan")  # no psutil: not measured
     return {"samples_per_s": samples / seconds, "per_cpu_s": per_cpu_s, "cpu_s": cpu}
