@@ -489,6 +489,10 @@ class DinoMultiCrop:
             bufs[size] = np.empty((size, size, 3), np.float32)
         return bufs[size]
 
+    def _geometry_uniforms(self, rng: np.random.Generator, views: int) -> UniformsAhead:
+        """`rng` with the fewest uniforms `views` views' geometry takes drawn in one block."""
+        return UniformsAhead(rng, views * (GEOMETRY_DRAWS + self.config.rot90))
+
     def _draw_geometry(
         self,
         height: int,
@@ -549,7 +553,7 @@ class DinoMultiCrop:
         orientations [V, 3] (hflip, vflip, k); the 2 global views first, then the local ones."""
         cfg = self.config
         scales = [cfg.global_scale] * 2 + [cfg.local_scale] * cfg.n_local
-        draws = UniformsAhead(rng, len(scales) * (GEOMETRY_DRAWS + cfg.rot90))
+        draws = self._geometry_uniforms(rng, len(scales))
         drawn = [self._draw_geometry(*image.shape[:2], s, draws) for s in scales]
         return {
             "patches": image,
@@ -568,7 +572,7 @@ class DinoMultiCrop:
         if not cfg.geometry_on_host:
             return self._views_to_cut(image, rng)
         if not cfg.photometric_on_host:  # only geometry draws: all of them in one block
-            rng = UniformsAhead(rng, (2 + cfg.n_local) * (GEOMETRY_DRAWS + cfg.rot90))
+            rng = self._geometry_uniforms(rng, 2 + cfg.n_local)
         g, loc = cfg.global_size, cfg.local_size
         global_crops = np.empty((2, g, g, 3), np.uint8)
         local_crops = np.empty((cfg.n_local, loc, loc, 3), np.uint8)
