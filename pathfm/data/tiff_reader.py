@@ -5,6 +5,9 @@ the JPEG tiles a region needs, decodes them with libjpeg-turbo (simplejpeg, JPEG
 in) and pastes them into a white canvas. A coarser read decodes the tiles at 1/2, 1/4 or 1/8 of
 their size in the DCT domain (``read_rgb(..., scale=s)``): libjpeg-turbo then skips most of the
 inverse DCT and the chroma upsampling, and the caller's area resize has 1/s^2 of the pixels left.
+A tile the region uses only the top part of is decoded down to the last row it uses
+(`decode_tile` ``rows``): the frame height in the tile's SOF header is lowered, so libjpeg-turbo
+stops after those MCU rows, and the rows it returns are bit-identical to a full decode.
 It follows OpenSlide 4's conventions:
 JPEG colour space from the TIFF photometric tag (YCbCr is converted, RGB is not: Aperio's
 RGB-in-JPEG quirk), edge tiles cropped to the image, missing (zero-length) tiles and everything
@@ -42,6 +45,13 @@ _JPEG, _RGB, _YCBCR = 7, 2, 6
 DECODE_SCALES = (1, 2, 4, 8)  # libjpeg-turbo's DCT-domain scales 1/s for 8x8 blocks
 # APP14 "Adobe" marker with transform 0: tells libjpeg the three components are RGB, not YCbCr.
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+_SEQUENTIAL_SOF = (0xC0, 0xC1)  # baseline and extended sequential DCT, Huffman-coded
+_OTHER_SOF = frozenset(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC
+_SOS = 0xDA
+# Rows decoded below the last one a read uses: libjpeg-turbo's fancy chroma upsampling (h2v2,
+# h1v2) blends the chroma row below each output row, and at a frame's bottom edge it repeats the
+# last one instead, so the last row a read uses needs one more row under it.
+ROW_MARGIN = 1
 _local = threading.local()
 
 
@@ -140,11 +150,48 @@ def jpeg_stream(data: bytes, tables: bytes | None, colorspace: str) -> bytes:
     return head + body
 
 
-def decode_tile(stream: bytes, tile_w: int, tile_h: int, scale: int = 1, out=None) -> np.ndarray:
+def frame_height_at(stream: bytes) -> int | None:
+    """Byte offset of the 16-bit frame height in a JPEG's SOF header, where decoding only the top
+    of the frame is exact: a baseline or extended sequential Huffman frame (SOF0 / SOF1) with a
+    height, whose first scan interleaves every component. None otherwise (progressive, lossless,
+    arithmetic-coded or multi-scan frames, a height given by a DNL marker, a stream it cannot
+    parse): there a decoder told a smaller height would misread the scans that follow."""
+    i, at, components = 2, None, None
+    while i + 4 <= len(stream) and stream[i] == 0xFF:
+        marker = stream[i + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            i += 1
+            continue
+        if marker in _SEQUENTIAL_SOF:  # FF Cn, length (2), precision (1), height (2), width (2), Nf
+            if int.from_bytes(stream[i + 5 : i + 7], "big") == 0:
+                return None
+            at, components = i + 5, stream[i + 9 : i + 10]
+        elif marker in _OTHER_SOF:
+            return None
+        elif marker == _SOS:  # FF DA, length (2), Ns
+            return at if at is not None and stream[i + 4 : i + 5] == components else None
+        i += 2 + int.from_bytes(stream[i + 2 : i + 4], "big")
+    return None
+
+
+def decode_tile(
+    stream: bytes, tile_w: int, tile_h: int, scale: int = 1, out=None, rows: int | None = None
+) -> np.ndarray:
     """uint8 [tile_h / scale, tile_w / scale, 3] RGB of a `jpeg_stream`, decoded by libjpeg-turbo
     at 1/`scale` in the DCT domain (scale in DECODE_SCALES; tile sides are multiples of 16).
-    `out`: a buffer of that shape to decode into. ValueError on a stream libjpeg cannot read."""
+
+    `rows`: only the first `rows` rows (at 1/scale) are needed. Where `frame_height_at` allows, the
+    frame height is lowered to them plus ROW_MARGIN so libjpeg-turbo decodes only the MCU rows
+    above; the result then has fewer rows (at least `rows`), each bit-identical to the full decode.
+    `out`: a buffer of the full shape; the result is its first rows. ValueError on a stream libjpeg
+    cannot read."""
     w, h = tile_w // scale, tile_h // scale
+    at = frame_height_at(stream) if rows is not None and rows + ROW_MARGIN < h else None
+    if at is not None and int.from_bytes(stream[at : at + 2], "big") == tile_h:  # else decode all
+        height = (rows + ROW_MARGIN) * scale  # source rows; 1/scale of them are decoded
+        stream = b"".join((stream[:at], height.to_bytes(2, "big"), stream[at + 2 :]))
+        h = -(-height // scale)
+        out = None if out is None else out[:h]
     return simplejpeg.decode_jpeg(
         stream, "RGB", min_width=w, min_height=h, buffer=out, strict=False
     )
@@ -253,15 +300,19 @@ class TiffJpegSlide:
         """Keep decoded tiles in `cache` (shared LRU) from now on; None disables caching."""
         self._cache = cache
 
-    def _tile(self, level: int, col: int, row: int, scale: int = 1) -> np.ndarray | None:
-        """Tile decoded at 1/scale (maybe a per-thread buffer: use before the next call), None if
-        it has no data."""
+    def _tile(
+        self, level: int, col: int, row: int, scale: int = 1, rows: int | None = None
+    ) -> np.ndarray | None:
+        """Tile decoded at 1/scale (maybe a per-thread buffer: use before the next call), at least
+        its first `rows` rows (all by default; see `decode_tile`), None if it has no data. A cached
+        tile serves every read it has the rows for; a read needing more replaces it."""
         lv = self._levels[level]
         index = row * lv.across + col
         key = (self.path, level, index, scale)
         cache = self._cache
         if cache is not None and (tile := cache.get(key)) is not None:
-            return tile
+            if tile.shape[0] >= (lv.tile_h // scale if rows is None else rows):
+                return tile
         offset, count = int(lv.offsets[index]), int(lv.counts[index])
         if count == 0:
             return None
@@ -274,10 +325,10 @@ class TiffJpegSlide:
         buf = None if cache is not None else _tile_buffer(*shape[:2])
         try:
             stream = jpeg_stream(data, lv.tables, lv.colorspace)
-            tile = decode_tile(stream, lv.tile_w, lv.tile_h, scale, out=buf)
+            tile = decode_tile(stream, lv.tile_w, lv.tile_h, scale, out=buf, rows=rows)
         except Exception as e:  # simplejpeg's ValueError, or a frame larger than the buffer
             raise ValueError(f"{self.path}: cannot decode JPEG tile {index}: {e}") from e
-        if tile.shape != shape:
+        if tile.shape[1:] != shape[1:] or not (rows or shape[0]) <= tile.shape[0] <= shape[0]:
             raise ValueError(f"{self.path}: JPEG tile {index} decodes to shape {tile.shape}")
         if cache is not None:
             cache.put(key, tile)
@@ -321,7 +372,7 @@ class TiffJpegSlide:
             ty = row * th
             a, b = max(y_lo, ty), min(y_hi, ty + th)
             for col in range(x_lo // tw, (x_hi - 1) // tw + 1):
-                tile = self._tile(level, col, row, scale)
+                tile = self._tile(level, col, row, scale, rows=b - ty)
                 tx = col * tw
                 c, d = max(x_lo, tx), min(x_hi, tx + tw)
                 if tile is None:  # a tile without data (sparse TIFF) reads as white

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import dataclasses
+import io
 import pathlib
 import pickle
 import shutil
@@ -10,12 +11,19 @@ import cv2
 import imagecodecs
 import numpy as np
 import openslide
+import PIL.Image
 import pytest
 import tifffile
 
 from pathfm.data import sampler, slides
 from pathfm.data.synthetic import write_synthetic_slide
-from pathfm.data.tiff_reader import TiffJpegSlide, TileCache, decode_tile, jpeg_stream
+from pathfm.data.tiff_reader import (
+    TiffJpegSlide,
+    TileCache,
+    decode_tile,
+    frame_height_at,
+    jpeg_stream,
+)
 
 SLIDES = pathlib.Path("/work/shared/test-slides")
 CMU = SLIDES / "CMU-1-Small-Region.svs"
@@ -132,11 +140,54 @@ def test_read_errors_are_value_or_os_errors(tmp_path, synthetic):
 def test_tile_cache_is_bounded_and_transparent(synthetic):
     fast = TiffJpegSlide.open(synthetic)
     plain = fast.read_rgb((300, 300), 0, (300, 300))  # 4 tiles of 256 px
-    cache = TileCache(3 * 256 * 256 * 3)
+    lower = fast.read_rgb((300, 520), 0, (300, 300))  # needs all of tile row 2
+    cache = TileCache(2 * 256 * 256 * 3)
     fast.set_cache(cache)
     assert np.array_equal(fast.read_rgb((300, 300), 0, (300, 300)), plain)
-    assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
-    assert np.array_equal(fast.read_rgb((300, 300), 0, (300, 300)), plain)  # partly cached
+    # tile row 1 whole, row 2 down to level row 600 (+ ROW_MARGIN): 256 + 89 + 89 rows kept
+    assert [t.shape[0] for t in cache._tiles.values()] == [256, 89, 89]
+    assert cache.nbytes <= cache.max_bytes
+    assert np.array_equal(fast.read_rgb((300, 300), 0, (300, 300)), plain)  # cached
+    assert np.array_equal(fast.read_rgb((300, 520), 0, (300, 300)), lower)  # too short: redecoded
+    assert [t.shape[0] for t in cache._tiles.values()] == [256, 53, 53]  # row 2 col 2, row 3
+    assert cache.nbytes <= cache.max_bytes
+
+
+@pytest.mark.parametrize("source", ["CMU", "synthetic"])
+def test_decoding_only_the_top_rows_of_a_tile_gives_the_full_decode_s_rows(source, synthetic):
+    """CMU's tiles are 4:4:4 RGB, the synthetic ones 4:2:0 YCbCr, whose chroma upsampling reads
+    the row below: without ROW_MARGIN the last row differs."""
+    fast = TiffJpegSlide.open(CMU if source == "CMU" else synthetic)
+    tw, th = fast.tile_size(0)
+    for index in (0, 5):
+        stream = fast.tile_stream(0, index)
+        assert frame_height_at(stream) is not None
+        for scale in (1, 2, 4, 8):
+            full = decode_tile(stream, tw, th, scale)
+            for rows in range(1, th // scale + 1):
+                top = decode_tile(stream, tw, th, scale, rows=rows)
+                assert rows <= len(top) <= len(full)
+                assert len(top) == min(rows + 1, len(full))  # decoded no further
+                assert np.array_equal(top[:rows], full[:rows]), (scale, rows)
+
+
+def test_frames_that_cannot_be_cut_short_decode_whole():
+    """Progressive frames, multi-scan frames and a height left to a DNL marker keep every row."""
+    image = np.random.default_rng(1).integers(0, 256, (64, 48, 3), np.uint8)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, "JPEG", progressive=True)
+    progressive = buffer.getvalue()
+    assert frame_height_at(progressive) is None
+    want = decode_tile(progressive, 48, 64)
+    assert np.array_equal(decode_tile(progressive, 48, 64, rows=5), want)
+    sof = b"\xff\xc0\x00\x11\x08" + (64).to_bytes(2, "big") + (48).to_bytes(2, "big") + b"\x03"
+    components = b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    scan = b"\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"  # 3 components
+    assert frame_height_at(b"\xff\xd8" + sof + components + scan) == 7
+    one = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # a first scan of component 1 only
+    assert frame_height_at(b"\xff\xd8" + sof + components + one) is None
+    dnl = sof[:5] + b"\x00\x00" + sof[7:]
+    assert frame_height_at(b"\xff\xd8" + dnl + components + scan) is None
 
 
 def test_a_tile_without_data_reads_white_and_the_rest_as_before(synthetic):
