@@ -11,8 +11,8 @@ times on one core and at the same random tissue locations:
   tiffslide (tifffile + zarr) and cuCIM (`CuImage.read_region` on the CPU),
   (b) pathfm's reader (`read_patch`: fast JPEG-tile path, level choice, scaled JPEG decoding,
       OpenCV area downscale),
-  (d) the JPEG decode floor: the tiles (b) needs, pre-read, decoded by libjpeg-turbo at the
-      scale (b) decodes them,
+  (d) the JPEG decode floor: the tiles (b) needs, pre-read, decoded whole by libjpeg-turbo at
+      the scale (b) decodes them ((b) stops at the last row it uses, so it can beat (d)),
 and then (c) the full grain pipeline with DINO multi-crop (2x224 + 8x96, photometric ops left to
 the accelerator), with the crops cut on the host and with the crops cut on the accelerator
 (`crops.geometry_on_device`: the host reads and draws, and sends the patch), in the main process,
@@ -120,8 +120,8 @@ def per_second(fn, items) -> float:
 
 
 def decode_floor(path: Path, info, centers, mpp: float) -> tuple[float, float]:
-    """(patches/s, tiles/s) decoding exactly the tiles pathfm's reader needs, pre-read, at the
-    scale it decodes them."""
+    """(patches/s, tiles/s) decoding exactly the tiles pathfm's reader needs, pre-read and whole,
+    at the scale it decodes them."""
     fast = TiffJpegSlide.open(path)
     if fast is None:
         return float("nan"), float("nan")
