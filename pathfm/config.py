@@ -163,7 +163,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = ml_collections.FieldReference("auto", field_type=object)
     c.data.tile_cache_mb = 256  # decoded JPEG tiles kept per process (LRU, MiB); 0 = off
     # threads per reading process, each assembling one batch (<= prefetch_batches); "auto" =
-    # the host's cores spread over the reading processes, 1-4 each (pathfm.data.workers)
+    # the host's cores spread over the reading processes, 1-4 each, none in a worker with one
+    # core (it reads in its own loop; pathfm.data.workers)
     c.data.read_threads = ml_collections.FieldReference("auto", field_type=object)
     c.data.prefetch_batches = 4  # batches read ahead per process (bounds host memory)
     c.data.dedupe = True  # a slide listed twice counts once (False: listing again weights it)

@@ -49,9 +49,9 @@ def check_data_config(c: ml_collections.ConfigDict) -> None:
     require(d.prepare_workers >= 0, "data.prepare_workers", "must be >= 0 (0 = local cores)")
     auto_threads = d.read_threads == "auto"
     require(
-        auto_threads or (isinstance(d.read_threads, int) and d.read_threads >= 1),
+        auto_threads or (isinstance(d.read_threads, int) and d.read_threads >= 0),
         "data.read_threads",
-        f"must be 'auto' or a whole number >= 1, got {d.read_threads!r}",
+        f"must be 'auto' or a whole number >= 0 (0: no read threads), got {d.read_threads!r}",
     )
     require(d.tile_cache_mb >= 0, "data.tile_cache_mb", "must be >= 0 (0 = no tile cache)")
     require(d.prefetch_batches >= 1, "data.prefetch_batches", "must be >= 1")

@@ -1,7 +1,8 @@
 """How many grain worker processes read the input, and how many threads each: `data.num_workers`,
 where "auto" means one per host core but one (the main process feeds the accelerator), capped by
 the host memory the workers' bounded read-ahead needs; `data.read_threads`, where "auto" spreads
-the host's cores over the reading processes (one thread in each of one-per-core workers).
+the host's cores over the reading processes (none in one-per-core workers: each reads in its own
+loop, and its process is the read-ahead).
 
 A DINO ViT-S/16 step on an H100 consumes about 3,000 samples/s and one process reads a few
 hundred, so the paper configs need every core; the quick start and the tests read in the main
@@ -125,10 +126,12 @@ def resolve_read_threads(
     """`data.read_threads` as a number: itself when it is one, else (AUTO) the host's cores
     spread over the processes that read: the main process alone may use them all, workers share
     all cores but the main process's; 1 to MAX_READ_THREADS threads a process, at most
-    `data.prefetch_batches`. A worker with a core to itself reads best on one thread: on 2
-    cores, one worker with 4 threads spent 1.5x the CPU per sample of one with 1 thread
-    (GIL hand-offs between threads; docs/benchmarks.md). Slow storage (network file systems)
-    hides its latency with more threads: set the number."""
+    `data.prefetch_batches`, and 0 in a worker with at most one core to itself. 0 threads: the
+    worker reads each batch in its own loop (grain's synchronous path) while its finished batch
+    waits in the queue to the main process. Thread hand-offs cost CPU under the GIL: on 2 cores,
+    one worker made 6-8% more samples per CPU second with 0 threads than with 1, and 1 thread
+    spent 1/1.5 the CPU per sample of 4 (docs/benchmarks.md). Slow storage (network file
+    systems) hides its latency with more threads: set the number."""
     setting = config.data.read_threads
     if setting != AUTO:
         return ThreadChoice(int(setting), f"data.read_threads={setting}")
@@ -138,5 +141,7 @@ def resolve_read_threads(
     else:
         share = max(cores - 1, 1) // num_workers
         where = f"{cores} cores, 1 for the main process, {num_workers} worker(s)"
+        if share <= 1:
+            return ThreadChoice(0, f"auto: {where}, each reading in its own loop")
     threads = max(1, min(share, MAX_READ_THREADS, config.data.prefetch_batches))
     return ThreadChoice(threads, f"auto: {where}")

@@ -60,8 +60,11 @@ def test_auto_takes_every_core_but_one_within_the_memory_share():
 def test_auto_read_threads_spread_the_cores_over_the_reading_processes():
     config = base_config()
     assert config.data.read_threads == "auto" and config.data.prefetch_batches == 4
-    assert resolve_read_threads(config, num_workers=15, cores=16).threads == 1
-    assert resolve_read_threads(config, num_workers=1, cores=2).threads == 1
+    one_core_each = resolve_read_threads(config, num_workers=15, cores=16)
+    assert one_core_each.threads == 0 and "in its own loop" in one_core_each.reason
+    assert resolve_read_threads(config, num_workers=1, cores=2).threads == 0
+    assert resolve_read_threads(config, num_workers=4, cores=2).threads == 0
+    assert resolve_read_threads(config, num_workers=7, cores=16).threads == 2
     assert resolve_read_threads(config, num_workers=5, cores=16).threads == 3
     assert resolve_read_threads(config, num_workers=1, cores=16).threads == 4  # at most 4
     main_only = resolve_read_threads(config, num_workers=0, cores=2)
@@ -78,7 +81,7 @@ def test_auto_read_threads_spread_the_cores_over_the_reading_processes():
 
 @pytest.mark.parametrize(
     "key, bad",
-    [("num_workers", -1), ("num_workers", "many"), ("num_workers", 1.5), ("read_threads", 0),
+    [("num_workers", -1), ("num_workers", "many"), ("num_workers", 1.5), ("read_threads", -1),
      ("read_threads", "most"), ("read_threads", 2.5), ("prefetch_batches", 0)],
 )  # fmt: skip
 def test_bad_worker_settings_stop_before_any_work(key, bad):
