@@ -6,6 +6,9 @@ import sys
 
 from testutil import REPO
 
+from pathfm.config import base_config
+from pathfm.data.workers import resolve_read_threads
+
 
 def test_input_benchmark_runs_and_writes_json(tmp_path):
     out = tmp_path / "input.json"
@@ -52,7 +55,7 @@ def test_input_benchmark_runs_and_writes_json(tmp_path):
         assert r["b_mix_adjacent"] > 0  # (b) over the same mix, timed next to the row
         assert abs(r["c_over_b_per_core"] - r["per_core"] / r["b_mix_adjacent"]) < 1e-9
         # data.read_threads="auto": none in a worker with one core (or less) to itself
-        assert 1 <= r["read_threads"] <= 4 if r["workers"] == 0 else r["read_threads"] >= 0
-    cores = result["cores"]
-    assert all(r["read_threads"] == 0 for r in result["pipeline"] if r["workers"] >= cores - 1)
+        auto = resolve_read_threads(base_config(), r["workers"], cores=result["cores"]).threads
+        assert r["read_threads"] == auto and (1 <= auto <= 4 if r["workers"] == 0 else auto >= 0)
+        assert auto == 0 or r["workers"] < result["cores"] - 1
     assert "(c) pipeline" in done.stdout
